@@ -1,0 +1,71 @@
+"""Every error the front returns, in the OpenAI envelope, registered in one place."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tasks.errors import JobError
+
+log = logging.getLogger("llmhost.api")
+
+_STATUS_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+    501: "not_implemented", 503: "service_unavailable",
+}
+
+
+def error_response(err: JobError) -> JSONResponse:
+    return JSONResponse(err.envelope(), status_code=err.status_code, headers=err.headers or None)
+
+
+def _loc_to_param(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(JobError)
+    async def _job_error(_: Request, exc: JobError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        param = _loc_to_param(tuple(first.get("loc", ())))
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            msg, param = "The request body is not valid JSON.", None
+        elif param:
+            msg = f"{param}: {msg}"
+        if len(errors) > 1:
+            msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return error_response(JobError(msg, status_code=400, param=param or None, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_response(JobError(message, status_code=exc.status_code, type=kind))
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis unavailable: %s", exc)
+        return error_response(JobError("The job queue (Redis) is unavailable; try again shortly.", status_code=503,
+                                       type="service_unavailable", code="queue_unavailable",
+                                       headers={"Retry-After": "2"}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(JobError(f"Internal server error: {type(exc).__name__}", status_code=500, type="server_error"))

@@ -1,0 +1,226 @@
+"""What the routes call: check the model is served, turn a request into a job, wait or stream.
+
+Routes stay thin (parse, one call, answer); the translation request → job payload → response
+lives here and in ``responses.py``/``streaming.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from tasks.catalog import list_models, resolve
+from tasks.client import JobClient, JobWatch, new_job_id
+from tasks.errors import JobError
+from tasks.payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, EmbedResult, GenerateJob,
+                            GenerateResult, InitializeJob, LoadOptions)
+from tasks.presence import WorkerInfo, live_workers
+from tasks.settings import Settings
+
+from . import responses
+from .schemas.chat import ChatCompletionRequest
+from .schemas.completions import CompletionRequest
+from .schemas.embeddings import EmbeddingRequest
+
+
+@dataclass
+class Submitted:
+    """A watched job whose worker has accepted it (for streams: the prompt passed validation)."""
+
+    job_id: str
+    created: int
+    model: str
+    watch: JobWatch
+
+
+class Gateway:
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis, jobs: JobClient) -> None:
+        self.settings = settings
+        self.redis = redis_client
+        self.jobs = jobs
+
+    # --- models and workers ----------------------------------------------------------------
+
+    async def workers(self) -> list[WorkerInfo]:
+        return await live_workers(self.redis)
+
+    async def model_cards(self) -> list[dict[str, Any]]:
+        workers = await self.workers()
+        return [self._card(m.id, m.created, m.owned_by, workers) for m in list_models(self.settings.models_dir)]
+
+    async def model_card(self, model_id: str) -> dict[str, Any]:
+        m = resolve(self.settings.models_dir, model_id)
+        return self._card(m.id, m.created, m.owned_by, await self.workers())
+
+    @staticmethod
+    def _card(model_id: str, created: int, owned_by: str, workers: list[WorkerInfo]) -> dict[str, Any]:
+        mine = [w for w in workers if w.model == model_id]
+        ready = [w for w in mine if w.state == "ready"]
+        return {
+            "id": model_id, "object": "model", "created": created, "owned_by": owned_by,
+            "served": bool(ready), "workers": len(ready),
+            "workers_loading": sum(w.state == "loading" for w in mine),
+            "kind": next((w.kind for w in ready if w.kind), None),
+        }
+
+    async def ensure_served(self, model: str, kind: str) -> None:
+        """404 for an unknown model; 503 at once when no worker is ready for it."""
+        resolve(self.settings.models_dir, model)
+        mine = [w for w in await self.workers() if w.model == model]
+        ready = [w for w in mine if w.state == "ready"]
+        if not ready:
+            if any(w.state == "loading" for w in mine):
+                why = "is loading on a worker; retry in a few seconds"
+            elif failed := [w for w in mine if w.state == "failed"]:
+                why = f"failed to load on its worker: {failed[0].error}"
+            else:
+                why = f"is not served by any worker (start one with `python -m tasks.worker --model {model}`)"
+            raise JobError(f"The model `{model}` {why}.", status_code=503, type="service_unavailable",
+                           code="model_not_served", param="model", headers={"Retry-After": "5"})
+        if kind and ready[0].kind and ready[0].kind != kind:
+            what = "embeddings" if kind == "embedding" else "chat and text completions"
+            raise JobError(f"The model `{model}` is a {ready[0].kind} model and does not serve {what}.",
+                           status_code=400, code="model_not_supported", param="model")
+
+    # --- requests → jobs ---------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return time.time() + self.settings.request_timeout
+
+    def chat_job(self, req: ChatCompletionRequest, job_id: str, deadline: float) -> GenerateJob:
+        req.check()
+        return GenerateJob(job_id=job_id, model=req.model, messages=req.to_messages(),
+                           sampling=req.sampling(req.max_new_tokens), stream=req.stream, deadline=deadline)
+
+    def completion_job(self, req: CompletionRequest, job_id: str, deadline: float) -> GenerateJob:
+        req.check()
+        return GenerateJob(job_id=job_id, model=req.model, prompts=req.prompts(),
+                           sampling=req.sampling(req.max_tokens), stream=req.stream, deadline=deadline)
+
+    def embed_job(self, req: EmbeddingRequest, job_id: str, deadline: float) -> EmbedJob:
+        req.check()
+        return EmbedJob(job_id=job_id, model=req.model, inputs=req.inputs(), dimensions=req.dimensions, deadline=deadline)
+
+    async def _submit(self, task: str, job: BaseModel, endpoint: str, kind: str, meta: dict[str, Any]) -> Submitted:
+        """Check, subscribe, enqueue, and wait until the worker accepted the job (or failed it)."""
+        await self.ensure_served(job.model, kind)  # type: ignore[attr-defined]
+        watch = await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=True)
+        assert watch is not None
+        return Submitted(job.job_id, int(time.time()), job.model, watch)  # type: ignore[attr-defined]
+
+    async def run_to_end(self, sub: Submitted) -> dict[str, Any]:
+        """Wait for the final result of a submitted job; raise its error."""
+        async with sub.watch as watch:
+            while True:
+                event = await watch.next()
+                if event.type == "done":
+                    return event.result or {}
+                if event.type == "error":
+                    raise JobError.from_dict(event.error or {})
+
+    async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
+        job = self.chat_job(req, new_job_id("chatcmpl"), self._deadline())
+        sub = await self._submit(TASK_GENERATE, job, "/v1/chat/completions", "chat", {})
+        result = GenerateResult.model_validate(await self.run_to_end(sub))
+        return responses.chat_completion(sub.job_id, sub.created, sub.model, result)
+
+    async def completion(self, req: CompletionRequest) -> dict[str, Any]:
+        job = self.completion_job(req, new_job_id("cmpl"), self._deadline())
+        sub = await self._submit(TASK_GENERATE, job, "/v1/completions", "chat", {})
+        result = GenerateResult.model_validate(await self.run_to_end(sub))
+        return responses.text_completion(sub.job_id, sub.created, sub.model, result)
+
+    async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
+        job = self.embed_job(req, new_job_id("emb"), self._deadline())
+        sub = await self._submit(TASK_EMBED, job, "/v1/embeddings", "embedding", {})
+        result = EmbedResult.model_validate(await self.run_to_end(sub))
+        return responses.embeddings(sub.model, result, req.encoding_format)
+
+    async def stream_chat(self, req: ChatCompletionRequest) -> Submitted:
+        return await self._open_stream(self.chat_job(req, new_job_id("chatcmpl"), self._deadline()), "/v1/chat/completions")
+
+    async def stream_completion(self, req: CompletionRequest) -> Submitted:
+        return await self._open_stream(self.completion_job(req, new_job_id("cmpl"), self._deadline()), "/v1/completions")
+
+    async def _open_stream(self, job: GenerateJob, endpoint: str) -> Submitted:
+        """Submit a streaming job and wait for ``started``, so that a refused prompt is an ordinary
+        HTTP error rather than a 200 followed by an error event."""
+        sub = await self._submit(TASK_GENERATE, job, endpoint, "chat", {})
+        try:
+            first = await sub.watch.next()
+        except BaseException:
+            await sub.watch.__aexit__(None, None, None)
+            raise
+        if first.type == "error":
+            await sub.watch.close()
+            raise JobError.from_dict(first.error or {})
+        if first.type != "started":
+            sub.watch.push_back(first)
+        return sub
+
+    # --- async jobs ----------------------------------------------------------------------------
+
+    async def submit_async(self, endpoint: str, body: BaseModel) -> dict[str, Any]:
+        job_id = new_job_id("job")
+        deadline = time.time() + self.settings.job_ttl
+        meta: dict[str, Any] = {}
+        if isinstance(body, ChatCompletionRequest):
+            job, task, kind = self.chat_job(body, job_id, deadline), TASK_GENERATE, "chat"
+        elif isinstance(body, CompletionRequest):
+            job, task, kind = self.completion_job(body, job_id, deadline), TASK_GENERATE, "chat"
+        else:
+            assert isinstance(body, EmbeddingRequest)
+            job, task, kind = self.embed_job(body, job_id, deadline), TASK_EMBED, "embedding"
+            meta["encoding_format"] = body.encoding_format
+        await self.ensure_served(job.model, kind)
+        await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=False)
+        return await self.job_view(job_id)
+
+    async def initialize(self, model: str, options: LoadOptions) -> dict[str, Any]:
+        resolve(self.settings.models_dir, model)
+        if not [w for w in await self.workers() if w.model == model]:
+            await self.ensure_served(model, "")
+        job = InitializeJob(job_id=new_job_id("init"), model=model, options=options,
+                            deadline=time.time() + self.settings.job_ttl)
+        await self.jobs.submit(TASK_INITIALIZE, job, endpoint="initialize", meta={}, watch=False)
+        return await self.job_view(job.job_id)
+
+    async def job_view(self, job_id: str) -> dict[str, Any]:
+        rec = await self.jobs.store.get(job_id)
+        if rec is None:
+            raise JobError(f"No job with id `{job_id}` (unknown, or its result expired).", status_code=404,
+                           type="invalid_request_error", code="job_not_found", param="id")
+        rec = await self.jobs.reconcile(job_id, rec)
+        view: dict[str, Any] = {
+            "id": job_id, "object": "job", "status": rec["status"], "endpoint": rec.get("endpoint"),
+            "model": rec.get("model"), "created_at": int(rec["created_at"]),
+            "started_at": int(rec["started_at"]) if rec.get("started_at") else None,
+            "finished_at": int(rec["finished_at"]) if rec.get("finished_at") and rec["status"] in ("succeeded", "failed", "cancelled") else None,
+            "result": None, "error": None,
+        }
+        if rec["status"] == "succeeded" and rec.get("result") is not None:
+            view["result"] = responses.for_endpoint(rec["endpoint"], job_id, view["created_at"], rec["model"],
+                                                    rec.get("meta") or {}, rec["result"])
+        if rec.get("error"):
+            view["error"] = {k: v for k, v in rec["error"].items() if k != "status_code"}
+        return view
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        await self.job_view(job_id)  # 404 when unknown
+        await self.jobs.cancel(job_id)
+        return await self.job_view(job_id)
+
+    async def ready(self) -> tuple[bool, dict[str, Any]]:
+        try:
+            await self.redis.ping()
+        except Exception as e:  # noqa: BLE001
+            return False, {"redis": f"unreachable: {type(e).__name__}", "workers_ready": 0}
+        workers = await self.workers()
+        n = sum(w.state == "ready" for w in workers)
+        return n > 0, {"redis": "ok", "workers_ready": n,
+                       "models": sorted({w.model for w in workers if w.state == "ready"})}
+

@@ -1,0 +1,72 @@
+"""One streaming contract for chat and text completions, encoded as SSE ``data:`` lines.
+
+Chat: a role chunk first; content deltas; one final chunk per choice carrying ``finish_reason``;
+a usage chunk with empty ``choices`` when ``stream_options.include_usage``; ``[DONE]`` always last.
+A failure after the 200 becomes an error event, then ``[DONE]``. Leaving early (the client went
+away) cancels the job, through :class:`tasks.client.JobWatch`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+from tasks.errors import JobError
+from tasks.payloads import GenerateResult
+
+from .gateway import Submitted
+from .responses import usage
+
+
+@dataclass
+class StreamShape:
+    """What differs between the chat and text completion chunk formats."""
+
+    object: str  # "chat.completion.chunk" | "text_completion"
+    chat: bool
+    include_usage: bool
+
+    def choice(self, index: int, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+
+def _data(obj: Any) -> dict[str, str]:
+    return {"data": json.dumps(obj, separators=(",", ":"), ensure_ascii=False)}
+
+
+async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dict[str, str]]:
+    base = {"id": sub.job_id, "object": shape.object, "created": sub.created, "model": sub.model}
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
+        return _data({**base, "choices": choices, **extra})
+
+    async with sub.watch as watch:
+        try:
+            if shape.chat:
+                yield chunk([shape.choice(0, "", None, first=True)])
+            while True:
+                event = await watch.next()
+                if event.type == "delta":
+                    yield chunk([shape.choice(event.index, event.text, None)])
+                elif event.type == "done":
+                    result = GenerateResult.model_validate(event.result or {})
+                    for o in result.outputs:
+                        yield chunk([shape.choice(o.index, None if shape.chat else "", o.finish_reason)])
+                    if shape.include_usage:
+                        prompt = sum({o.index: o.prompt_tokens for o in result.outputs}.values())
+                        yield chunk([], usage=usage(prompt, sum(o.completion_tokens for o in result.outputs)))
+                    break
+                elif event.type == "error":
+                    yield _data(JobError.from_dict(event.error or {}).envelope())
+                    break
+        except JobError as e:  # timeout or lost worker while streaming
+            yield _data(e.envelope())
+        yield {"data": "[DONE]"}

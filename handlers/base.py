@@ -1,0 +1,197 @@
+"""The generic model side: a handler loads one model folder and runs requests against it.
+
+:class:`ChatHandler` is complete for any causal LM whose tokenizer carries a chat template; a model
+family (``handlers/chatml.py``, ``llama3.py``, …) subclasses it only for what differs: a built-in
+template for folders that lack one, extra stop tokens, message rules. The worker talks to handlers
+in token ids and native types; JSON and HTTP stay in the front.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import torch
+
+from tasks.errors import JobError, invalid_request
+from tasks.payloads import LoadOptions, Message, SamplingParams
+
+from .loading import load_causal_lm
+from .sampling import make_generator, next_token
+from .text import IncrementalDecoder, StopMatcher
+
+log = logging.getLogger(__name__)
+
+# How many prompt tokens give the first generated token its left context when decoding.
+_DECODE_CONTEXT = 4
+
+
+class Handler:
+    """What every handler offers the worker."""
+
+    kind: ClassVar[str] = "chat"
+    family: ClassVar[str] = "base"
+
+    def __init__(self, model_id: str, folder: Path, options: LoadOptions) -> None:
+        self.model_id = model_id
+        self.folder = folder
+        self.options = options
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, str]:
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "kind": self.kind}
+
+
+class ChatHandler(Handler):
+    kind = "chat"
+    family = "auto"
+    # Special tokens that end an assistant turn in this family, besides the tokenizer's EOS.
+    stop_tokens: ClassVar[tuple[str, ...]] = ()
+
+    model: Any
+    tokenizer: Any
+
+    def load(self) -> None:
+        self.model, self.tokenizer, placement = load_causal_lm(self.folder, self.options)
+        self.device, self.dtype = placement.device, placement.dtype
+        self.max_context = self._context_length()
+        self.stop_ids = self._stop_ids()
+        log.info("loaded %s (%s) on %s as %s, context %d, stop ids %s",
+                 self.model_id, self.family, self.device, self.dtype, self.max_context, sorted(self.stop_ids))
+
+    # --- prompts ---------------------------------------------------------------------------
+
+    def validate_messages(self, messages: Sequence[Message]) -> None:
+        """Family rules on the conversation; raise a 400 :class:`JobError` to refuse it."""
+        if not messages:
+            raise invalid_request("`messages` must contain at least one message.", param="messages")
+
+    def builtin_template(self, messages: Sequence[Message]) -> str | None:
+        """The family's own prompt format, used when the model folder carries no chat template."""
+        return None
+
+    def render_chat(self, messages: Sequence[Message]) -> str:
+        self.validate_messages(messages)
+        if getattr(self.tokenizer, "chat_template", None):
+            try:
+                return self.tokenizer.apply_chat_template(
+                    [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # noqa: BLE001 - template raise_exception() and friends
+                raise invalid_request(f"The model's chat template refused these messages: {e}", param="messages") from None
+        text = self.builtin_template(messages)
+        if text is None:
+            raise invalid_request(
+                f"The model `{self.model_id}` has no chat template; use /v1/completions with a raw prompt.",
+                param="messages")
+        return text
+
+    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+        # The rendered text already holds any BOS the template wants: adding special tokens here
+        # again is the classic doubled-BOS bug.
+        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt, add_special_tokens=True)
+
+    def resolve_max_tokens(self, prompt_ids: Sequence[int], max_tokens: int | None) -> int:
+        """Room left in the context; a 400 ``context_length_exceeded`` when the request cannot fit."""
+        n = len(prompt_ids)
+        room = self.max_context - n
+        if room <= 0 or (max_tokens is not None and max_tokens > room):
+            asked = f" plus {max_tokens} output tokens" if max_tokens is not None else ""
+            raise JobError(
+                f"This model's maximum context length is {self.max_context} tokens; the prompt has {n} tokens{asked}. "
+                "Shorten the prompt or lower max_tokens.",
+                status_code=400, type="invalid_request_error", code="context_length_exceeded",
+                param="max_tokens" if room > 0 else "messages")
+        return max_tokens if max_tokens is not None else room
+
+    # --- generation --------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
+                 is_cancelled: Callable[[], bool] = lambda: False) -> "Generation":
+        return Generation(self, list(prompt_ids), params, max_tokens, is_cancelled)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _context_length(self) -> int:
+        if self.options.max_context:
+            return self.options.max_context
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(getattr(cfg, attr, None), int):
+                return getattr(cfg, attr)
+        tok_max = getattr(self.tokenizer, "model_max_length", 0)
+        return tok_max if 0 < tok_max < 1_000_000 else 2048
+
+    def _stop_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for value in (gen_eos, self.tokenizer.eos_token_id, self.model.config.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(v for v in value if isinstance(v, int))
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in self.stop_tokens if t in vocab)
+        return ids
+
+
+class Generation:
+    """One sequence being generated: iterate it for text deltas, then read how it ended."""
+
+    def __init__(self, handler: ChatHandler, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
+                 is_cancelled: Callable[[], bool]) -> None:
+        self.handler = handler
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.max_tokens = max_tokens
+        self.is_cancelled = is_cancelled
+        self.token_ids: list[int] = []
+        self.finish_reason = "length"
+        self._stops = StopMatcher(params.stop)
+
+    @property
+    def text(self) -> str:
+        return self._stops.text
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def __iter__(self) -> Iterator[str]:
+        h = self.handler
+        decoder = IncrementalDecoder(h.decode, self.prompt_ids[-_DECODE_CONTEXT:])
+        generator = make_generator(self.params, h.device)
+        with torch.inference_mode():
+            out = h.model(input_ids=torch.tensor([self.prompt_ids], device=h.device), use_cache=True, logits_to_keep=1)
+            while True:
+                token = next_token(out.logits[0, -1], self.params, generator)
+                if token in h.stop_ids:
+                    self.finish_reason = "stop"
+                    break
+                self.token_ids.append(token)
+                delta = self._stops.feed(decoder.push(token))
+                if delta:
+                    yield delta
+                if self._stops.stopped:
+                    self.finish_reason = "stop"
+                    break
+                if len(self.token_ids) >= self.max_tokens:
+                    self.finish_reason = "length"
+                    break
+                if self.is_cancelled():
+                    self.finish_reason = "cancelled"
+                    break
+                out = h.model(input_ids=torch.tensor([[token]], device=h.device), cache=out.cache, use_cache=True)
+        rest = self._stops.flush()
+        if rest:
+            yield rest

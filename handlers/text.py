@@ -1,0 +1,78 @@
+"""Text made at the boundary, incrementally: token ids in, safe text deltas out.
+
+Two small pieces, both pure Python so they are unit-tested without a model:
+
+* :class:`IncrementalDecoder` turns one token at a time into text without ever emitting half a
+  character (byte-level BPE splits UTF-8 sequences over tokens), using prefix/read offsets so each
+  step decodes a short window, not the whole sequence.
+* :class:`StopMatcher` finds stop strings across token boundaries and holds back only the tail that
+  could still become one, so a stream never shows text that the final answer does not contain.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+Decode = Callable[[Sequence[int]], str]
+
+
+class IncrementalDecoder:
+    def __init__(self, decode: Decode, prompt_tail: Sequence[int] = ()) -> None:
+        # A few prompt tokens give the first generated token its left context (leading spaces of
+        # sentencepiece-style tokenizers depend on it); they are never emitted.
+        self._decode = decode
+        self.ids: list[int] = list(prompt_tail)
+        self._prefix = 0
+        self._read = len(self.ids)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix_text = self._decode(self.ids[self._prefix:self._read])
+        full_text = self._decode(self.ids[self._prefix:])
+        if len(full_text) > len(prefix_text) and not full_text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self.ids)
+            return full_text[len(prefix_text):]
+        return ""  # an incomplete character: wait for the next token
+
+
+class StopMatcher:
+    """Accumulates text; reports what is safe to emit and whether a stop string was hit."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.emitted = 0
+        self.stopped = False
+        self._longest = max((len(s) for s in self.stops), default=0)
+
+    def feed(self, delta: str) -> str:
+        """Add ``delta``; return the text that can be shown now (possibly empty)."""
+        if self.stopped:
+            return ""
+        self.text += delta
+        if self.stops:
+            start = max(0, self.emitted - self._longest + 1)
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.stopped = True
+                return self._release(len(self.text))
+        return self._release(len(self.text) - self._held_back())
+
+    def flush(self) -> str:
+        """At the end of generation: everything not yet shown."""
+        return self._release(len(self.text))
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of the text that is a proper prefix of a stop string."""
+        for n in range(min(self._longest - 1, len(self.text)), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                return n
+        return 0
+
+    def _release(self, upto: int) -> str:
+        upto = max(upto, self.emitted)
+        out = self.text[self.emitted:upto]
+        self.emitted = upto
+        return out

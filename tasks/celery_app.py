@@ -1,0 +1,39 @@
+"""The Celery application: broker and settings chosen on purpose, built from :class:`Settings`.
+
+The front only *sends* tasks by name (it never imports the task bodies, which need torch); the
+worker registers the bodies from :mod:`tasks.worker_tasks`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .settings import Settings
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("llmhost", broker=settings.redis_url)
+    app.conf.update(
+        # Results travel through our own job records and pub/sub (tasks/jobs.py), which carry
+        # statuses Celery has no words for (cancelled, deadline passed) and expire on our TTL.
+        task_ignore_result=True,
+        result_backend=None,
+        task_serializer="json",
+        accept_content=["json"],
+        # One model per worker, one job at a time, and nothing hoarded: queued jobs wait in Redis
+        # where any worker of the model can take them, not in one worker's prefetch buffer.
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        task_acks_late=False,
+        # Queues are per model and made on first use; nothing goes to a default queue.
+        task_create_missing_queues=True,
+        task_default_queue="llmhost.default",
+        # Flower reads task events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+    )
+    return app

@@ -1,0 +1,164 @@
+"""The front's interface to the queue: submit a job, follow its events, cancel it.
+
+Everything here is async and never blocks the event loop: Redis is reached with ``redis.asyncio``
+and Celery's (synchronous) producer runs in a worker thread. No torch is imported.
+
+A waiter subscribes to the job's channel *before* the job is enqueued, so no early token is lost.
+When the channel is quiet it looks at the job record, so a lost message, a dead worker or a
+deadline never leaves it waiting forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from celery import Celery
+from pydantic import BaseModel
+
+from .errors import JobError
+from .jobs import JobStore, events_channel
+from .payloads import Event
+from .presence import WORKER_KEY, live_workers, queue_name
+
+POLL_SECONDS = 1.0
+
+
+def new_job_id(prefix: str = "job") -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def timeout_error(seconds: float) -> JobError:
+    return JobError(
+        f"The request did not finish within {seconds:g} s (LLMHOST_REQUEST_TIMEOUT) and was cancelled.",
+        status_code=504, type="timeout_error", code="request_timeout",
+    )
+
+
+class JobClient:
+    def __init__(self, redis_client: aioredis.Redis, celery: Celery, job_ttl: int) -> None:
+        self.redis = redis_client
+        self.celery = celery
+        self.store = JobStore(redis_client, job_ttl)
+
+    async def submit(self, task: str, job: BaseModel, *, endpoint: str, meta: dict[str, Any], watch: bool) -> "JobWatch | None":
+        """Record the job, subscribe to its events (when ``watch``), then enqueue it."""
+        job_id: str = job.job_id  # type: ignore[attr-defined]
+        model: str = job.model  # type: ignore[attr-defined]
+        watcher = None
+        if watch:
+            watcher = JobWatch(self, job_id, model, deadline=job.deadline)  # type: ignore[attr-defined]
+            await watcher.subscribe()
+        try:
+            await self.store.create(job_id, endpoint, model, meta)
+            await asyncio.to_thread(
+                self.celery.send_task, task, args=[job.model_dump(mode="json")],
+                task_id=job_id, queue=queue_name(model),
+            )
+        except BaseException:
+            if watcher:
+                await watcher.close()
+            raise
+        return watcher
+
+    async def cancel(self, job_id: str, reason: str = "cancelled by the client") -> bool:
+        """Mark the job cancelled (the worker sees it within one decoding step) and revoke it."""
+        moved = await self.store.move(job_id, "cancelled", error={
+            "message": reason, "type": "cancelled", "code": "cancelled", "param": None, "status_code": 499,
+        })
+        if moved == "ok":
+            # Revoking keeps a still-queued message from being executed at all.
+            await asyncio.to_thread(self.celery.control.revoke, job_id)
+        return moved == "ok"
+
+    async def worker_alive(self, name: str) -> bool:
+        return bool(name) and bool(await self.redis.exists(WORKER_KEY.format(name)))
+
+    async def model_has_worker(self, model: str) -> bool:
+        return any(w.model == model and w.state != "failed" for w in await live_workers(self.redis))
+
+    async def reconcile(self, job_id: str, rec: dict[str, Any]) -> dict[str, Any]:
+        """Fail a job that can no longer finish: its worker died while running it, or no worker of
+        its model is left while it waits. Returns the (possibly updated) record."""
+        err = None
+        if rec["status"] == "running" and not await self.worker_alive(rec.get("worker", "")):
+            err = JobError(f"The worker running this job ({rec.get('worker')}) stopped responding.",
+                           status_code=502, type="server_error", code="worker_lost")
+        elif rec["status"] == "queued" and not await self.model_has_worker(rec.get("model", "")):
+            err = JobError(f"No worker is serving `{rec.get('model')}` any more.", status_code=503,
+                           type="service_unavailable", code="model_not_served", param="model")
+        if err is not None and await self.store.move(job_id, "failed", error=err.to_dict()) == "ok":
+            rec = {**rec, "status": "failed", "error": err.to_dict()}
+        return rec
+
+
+class JobWatch:
+    """Events of one job, in order, ending with ``done`` or ``error`` (or a raised JobError)."""
+
+    def __init__(self, client: JobClient, job_id: str, model: str, deadline: float) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.model = model
+        self.deadline = deadline
+        self._timeout = max(0.0, deadline - time.time())
+        self._pubsub = client.redis.pubsub()
+        self._pending: list[Event] = []
+        self.finished = False
+
+    def push_back(self, event: Event) -> None:
+        """Return an event to the front of the queue (a caller peeked at it)."""
+        self._pending.insert(0, event)
+
+    async def subscribe(self) -> None:
+        await self._pubsub.subscribe(events_channel(self.job_id))
+
+    async def close(self) -> None:
+        try:
+            await self._pubsub.aclose()
+        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+            pass
+
+    async def __aenter__(self) -> "JobWatch":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        # A watcher that leaves before the end (client gone, timeout, error) cancels the job so the
+        # worker stops spending time on it.
+        if not self.finished:
+            try:
+                await self.client.cancel(self.job_id, "the client stopped waiting")
+            except Exception:  # noqa: BLE001
+                pass
+        await self.close()
+
+    async def next(self) -> Event:
+        if self._pending:
+            return self._pending.pop(0)
+        while True:
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                raise timeout_error(self._timeout)
+            msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=min(POLL_SECONDS, remaining))
+            if msg is not None and msg.get("type") == "message":
+                event = Event.model_validate_json(msg["data"])
+                if event.type in ("done", "error"):
+                    self.finished = True
+                return event
+            if (event := await self._from_record()) is not None:
+                self.finished = True
+                return event
+
+    async def _from_record(self) -> Event | None:
+        """When the channel is quiet: has the job ended (or its worker gone) meanwhile?"""
+        rec = await self.client.store.get(self.job_id)
+        if rec is None:
+            return Event(type="error", error=JobError("The job record expired.", status_code=500, type="server_error").to_dict())
+        rec = await self.client.reconcile(self.job_id, rec)
+        if rec["status"] == "succeeded":
+            return Event(type="done", result=rec.get("result"))
+        if rec["status"] in ("failed", "cancelled"):
+            return Event(type="error", error=rec.get("error") or {})
+        return None

@@ -1,0 +1,189 @@
+"""The worker's life around its one model: load, announce, run jobs, publish their events.
+
+Imported only by the worker process (it imports handlers, hence torch).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import redis
+
+from handlers.base import ChatHandler, Handler
+from handlers.embedding import EmbeddingHandler
+from handlers.registry import detect_family, handler_class
+
+from .errors import JobError, server_error
+from .jobs import WorkerJobs
+from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, LoadOptions,
+                       Output)
+from .presence import Announcer
+from .settings import Settings
+
+log = logging.getLogger("llmhost.worker")
+
+CANCEL_CHECK_SECONDS = 0.05
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, model_id: str, folder: Path, name: str) -> None:
+        self.settings = settings
+        self.model_id = model_id
+        self.folder = folder
+        self.name = name
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+        self.jobs = WorkerJobs(self.redis, settings.job_ttl)
+        self.announcer = Announcer(self.redis, name, model_id, settings.heartbeat_interval, settings.heartbeat_ttl)
+        self.family = detect_family(model_id, folder)
+        self.options = LoadOptions(device=settings.device, dtype=settings.dtype, quantization=settings.quantization,
+                                   torch_threads=settings.torch_threads)
+        self.handler: Handler | None = None
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Announce, start the heartbeat, load the model. Raises JobError when loading fails."""
+        self.announcer.update(state="loading", family=self.family.name)
+        self.announcer.start()
+        self._load(self.options)
+
+    def _load(self, options: LoadOptions) -> None:
+        started = time.perf_counter()
+        handler = handler_class(self.family)(self.model_id, self.folder, options)
+        try:
+            handler.load()
+        except JobError as e:
+            self.announcer.update(state="failed", error=e.message)
+            raise
+        self.handler, self.options = handler, options
+        self.announcer.update(state="ready", error="", **handler.describe())
+        log.info("%s ready in %.1f s (%s)", self.model_id, time.perf_counter() - started, handler.describe())
+
+    def stop(self) -> None:
+        self.announcer.stop()
+
+    # --- job plumbing ------------------------------------------------------------------------
+
+    def _begin(self, job_id: str, deadline: float) -> bool:
+        """Claim a queued job. False when it was cancelled or expired before we got to it."""
+        if time.time() > deadline:
+            self.jobs.move(job_id, "failed", error=JobError(
+                "The job waited in the queue past its deadline and was not run.", status_code=504,
+                type="timeout_error", code="request_timeout").to_dict(), finished_at=time.time())
+            return False
+        moved = self.jobs.move(job_id, "running", worker=self.name, started_at=time.time())
+        if moved != "ok":
+            log.info("job %s skipped: %s", job_id, moved or "unknown job")
+        return moved == "ok"
+
+    def _publish(self, job_id: str, event: Event) -> None:
+        self.jobs.publish(job_id, event.model_dump_json(exclude_defaults=True))
+
+    def _cancel_check(self, job_id: str, deadline: float) -> Callable[[], bool]:
+        last = [0.0, False]
+
+        def is_cancelled() -> bool:
+            now = time.monotonic()
+            if not last[1] and now - last[0] >= CANCEL_CHECK_SECONDS:
+                last[0] = now
+                last[1] = time.time() > deadline or self.jobs.status(job_id) != "running"
+            return bool(last[1])
+        return is_cancelled
+
+    def _finish(self, job_id: str, result: dict) -> None:
+        if self.jobs.move(job_id, "succeeded", result=result, finished_at=time.time()) == "ok":
+            self._publish(job_id, Event(type="done", result=result))
+
+    def _fail(self, job_id: str, error: JobError) -> None:
+        if self.jobs.move(job_id, "failed", error=error.to_dict(), finished_at=time.time()) == "ok":
+            self._publish(job_id, Event(type="error", error=error.to_dict()))
+
+    def _run(self, job_id: str, deadline: float, body: Callable[[], dict | None]) -> None:
+        if not self._begin(job_id, deadline):
+            return
+        try:
+            result = body()
+        except JobError as e:
+            log.info("job %s failed: %s", job_id, e.message)
+            self._fail(job_id, e)
+        except Exception as e:  # noqa: BLE001 - a bug must still end the job in a definite state
+            log.exception("job %s crashed", job_id)
+            self._fail(job_id, server_error(f"The worker failed on this request: {type(e).__name__}: {e}"))
+        else:
+            if result is not None:
+                self._finish(job_id, result)
+            elif self.jobs.status(job_id) == "running":  # stopped by its deadline, not by a cancel
+                self._fail(job_id, JobError("The job ran past its deadline and was stopped.", status_code=504,
+                                            type="timeout_error", code="request_timeout"))
+
+    def _handler(self, kind: type[Handler]) -> Handler:
+        if self.handler is None:
+            raise server_error("The model is not loaded.")
+        if not isinstance(self.handler, kind):
+            what = "embeddings" if kind is EmbeddingHandler else "text generation"
+            raise JobError(f"The model `{self.model_id}` is a {self.handler.kind} model and cannot do {what}.",
+                           status_code=400, type="invalid_request_error", code="model_not_supported", param="model")
+        return self.handler
+
+    # --- the three job kinds -----------------------------------------------------------------
+
+    def generate(self, job: GenerateJob) -> None:
+        def body() -> dict | None:
+            handler = self._handler(ChatHandler)
+            assert isinstance(handler, ChatHandler)
+            if job.messages is not None:
+                prompts = [handler.encode_chat(job.messages)]
+            else:
+                prompts = [handler.encode_prompt(p) for p in job.prompts or []]
+            budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]
+            self._publish(job.job_id, Event(type="started"))
+            is_cancelled = self._cancel_check(job.job_id, job.deadline)
+            outputs = []
+            for index, (ids, budget) in enumerate(zip(prompts, budgets)):
+                gen = handler.generate(ids, job.sampling, budget, is_cancelled)
+                for delta in gen:
+                    if job.stream:
+                        self._publish(job.job_id, Event(type="delta", index=index, text=delta))
+                if gen.finish_reason == "cancelled":
+                    log.info("job %s cancelled after %d tokens", job.job_id, gen.completion_tokens)
+                    return None
+                outputs.append(Output(index=index, text=gen.text, finish_reason=gen.finish_reason,
+                                      prompt_tokens=len(ids), completion_tokens=gen.completion_tokens))
+            return GenerateResult(outputs=outputs).model_dump()
+        self._run(job.job_id, job.deadline, body)
+
+    def embed(self, job: EmbedJob) -> None:
+        def body() -> dict:
+            handler = self._handler(EmbeddingHandler)
+            assert isinstance(handler, EmbeddingHandler)
+            vectors, tokens = handler.embed(job.inputs, job.dimensions)
+            return EmbedResult(vectors=vectors, prompt_tokens=tokens).model_dump()
+        self._run(job.job_id, job.deadline, body)
+
+    def initialize(self, job: InitializeJob) -> None:
+        """Reload this worker's model with new options; on failure, go back to the old ones."""
+        def body() -> dict:
+            previous = self.options
+            self.announcer.update(state="loading")
+            self.handler = None
+            gc.collect()
+            _empty_cuda_cache()
+            try:
+                self._load(job.options)
+            except JobError:
+                self._load(previous)
+                raise
+            return {"model": self.model_id, "worker": self.name, **self.handler.describe(),  # type: ignore[union-attr]
+                    "options": job.options.model_dump()}
+        self._run(job.job_id, job.deadline, body)
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,82 @@
+"""A worker process: ``python -m tasks.worker --model VENDOR/MODEL``.
+
+Loads the one model first (announcing ``loading``), then consumes only that model's queue, one job
+at a time. A model that fails to load is announced as ``failed`` and the process exits non-zero,
+so the supervisor (``make run``) or the container runtime restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from .catalog import resolve
+from .celery_app import create_celery
+from .errors import JobError
+from .logging_setup import setup_logging
+from .payloads import TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, GenerateJob, InitializeJob
+from .presence import queue_name
+from .settings import get_settings
+
+log = logging.getLogger("llmhost.worker")
+
+EXIT_LOAD_FAILED = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("LLMHOST_MODEL"), help="model id: folder under LLM/")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("--model (or LLMHOST_MODEL) is required")
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    try:
+        folder = resolve(settings.models_dir, args.model).path
+    except JobError as e:
+        log.error("%s (models dir: %s)", e.message, settings.models_dir)
+        return 2
+
+    from .runtime import WorkerRuntime  # torch comes in here, not at import of the package
+
+    slug = args.model.replace("/", "--")
+    name = f"{slug}-{os.getpid()}@{socket.gethostname()}"
+    runtime = WorkerRuntime(settings, args.model, folder, name)
+    app = create_celery(settings)
+
+    @app.task(name=TASK_GENERATE, ignore_result=True)
+    def generate(payload: dict) -> None:
+        runtime.generate(GenerateJob.model_validate(payload))
+
+    @app.task(name=TASK_EMBED, ignore_result=True)
+    def embed(payload: dict) -> None:
+        runtime.embed(EmbedJob.model_validate(payload))
+
+    @app.task(name=TASK_INITIALIZE, ignore_result=True)
+    def initialize(payload: dict) -> None:
+        runtime.initialize(InitializeJob.model_validate(payload))
+
+    try:
+        runtime.start()
+    except JobError as e:
+        log.error("model %s failed to load: %s", args.model, e.message)
+        return EXIT_LOAD_FAILED
+    try:
+        # solo pool: the model lives in this process (no fork after torch is loaded), and one job
+        # runs at a time; prefetch 1 keeps queued jobs in Redis for any worker of this model.
+        app.worker_main([
+            "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+            "-Q", queue_name(args.model), "-n", name, "-E",
+            "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
+        ])
+    finally:
+        runtime.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

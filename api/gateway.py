@@ -177,8 +177,14 @@ class Gateway:
             job, task, kind = self.embed_job(body, job_id, deadline), TASK_EMBED, "embedding"
             meta["encoding_format"] = body.encoding_format
         await self.ensure_served(job.model, kind)
+        return await self._submit_background(task, job, endpoint, meta)
+
+    async def _submit_background(self, task: str, job: BaseModel, endpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """Enqueue without waiting; the answer describes the job as accepted (queued)."""
         await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=False)
-        return await self.job_view(job_id)
+        return {"id": job.job_id, "object": "job", "status": "queued", "endpoint": endpoint,  # type: ignore[attr-defined]
+                "model": job.model, "created_at": int(time.time()), "started_at": None,  # type: ignore[attr-defined]
+                "finished_at": None, "result": None, "error": None}
 
     async def initialize(self, model: str, options: LoadOptions) -> dict[str, Any]:
         resolve(self.settings.models_dir, model)
@@ -186,8 +192,7 @@ class Gateway:
             await self.ensure_served(model, "")
         job = InitializeJob(job_id=new_job_id("init"), model=model, options=options,
                             deadline=time.time() + self.settings.job_ttl)
-        await self.jobs.submit(TASK_INITIALIZE, job, endpoint="initialize", meta={}, watch=False)
-        return await self.job_view(job.job_id)
+        return await self._submit_background(TASK_INITIALIZE, job, "initialize", {})
 
     async def job_view(self, job_id: str) -> dict[str, Any]:
         rec = await self.jobs.store.get(job_id)

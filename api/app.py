@@ -8,7 +8,6 @@ from typing import AsyncIterator
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from tasks.celery_app import create_celery
 from tasks.client import JobClient

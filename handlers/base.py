@@ -18,13 +18,8 @@ from tasks.errors import JobError, invalid_request
 from tasks.payloads import LoadOptions, Message, SamplingParams
 
 from .loading import load_causal_lm
-from .sampling import make_generator, next_token
-from .text import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
-
-# How many prompt tokens give the first generated token its left context when decoding.
-_DECODE_CONTEXT = 4
 
 
 class Handler:
@@ -61,6 +56,9 @@ class ChatHandler(Handler):
         self.device, self.dtype = placement.device, placement.dtype
         self.max_context = self._context_length()
         self.stop_ids = self._stop_ids()
+        # Filler for left padding in batches; masked out, so any id the embedding table has will do.
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
         log.info("loaded %s (%s) on %s as %s, context %d, stop ids %s",
                  self.model_id, self.family, self.device, self.dtype, self.max_context, sorted(self.stop_ids))
 
@@ -146,52 +144,37 @@ class ChatHandler(Handler):
 
 
 class Generation:
-    """One sequence being generated: iterate it for text deltas, then read how it ended."""
+    """One sequence generated alone (in-process use): iterate it for text deltas, then read how it
+    ended. Runs on the same engine as the worker's batches, with a batch of one."""
 
     def __init__(self, handler: ChatHandler, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
                  is_cancelled: Callable[[], bool]) -> None:
-        self.handler = handler
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.max_tokens = max_tokens
+        from .engine import Engine
+
+        self._engine = Engine(handler, max_batch=1)
+        self._seq = self._engine.add("single", prompt_ids, params, max_tokens)
         self.is_cancelled = is_cancelled
-        self.token_ids: list[int] = []
-        self.finish_reason = "length"
-        self._stops = StopMatcher(params.stop)
 
     @property
     def text(self) -> str:
-        return self._stops.text
+        return self._seq.text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self._seq.token_ids
 
     @property
     def completion_tokens(self) -> int:
-        return len(self.token_ids)
+        return len(self._seq.token_ids)
+
+    @property
+    def finish_reason(self) -> str:
+        return self._seq.finish_reason or "length"
 
     def __iter__(self) -> Iterator[str]:
-        h = self.handler
-        decoder = IncrementalDecoder(h.decode, self.prompt_ids[-_DECODE_CONTEXT:])
-        generator = make_generator(self.params, h.device)
-        with torch.inference_mode():
-            out = h.model(input_ids=torch.tensor([self.prompt_ids], device=h.device), use_cache=True, logits_to_keep=1)
-            while True:
-                token = next_token(out.logits[0, -1], self.params, generator)
-                if token in h.stop_ids:
-                    self.finish_reason = "stop"
-                    break
-                self.token_ids.append(token)
-                delta = self._stops.feed(decoder.push(token))
-                if delta:
-                    yield delta
-                if self._stops.stopped:
-                    self.finish_reason = "stop"
-                    break
-                if len(self.token_ids) >= self.max_tokens:
-                    self.finish_reason = "length"
-                    break
-                if self.is_cancelled():
-                    self.finish_reason = "cancelled"
-                    break
-                out = h.model(input_ids=torch.tensor([[token]], device=h.device), cache=out.cache, use_cache=True)
-        rest = self._stops.flush()
-        if rest:
-            yield rest
+        while self._engine.has_work():
+            if self.is_cancelled():
+                self._engine.abort(self._seq.id)
+            for out in self._engine.step():
+                if out.delta:
+                    yield out.delta

@@ -24,7 +24,9 @@ class EmbeddingHandler(Handler):
     def load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        placement = choose_placement(self.options)
+        # Embeddings stay fp32 on CPU unless asked: the vectors must match the reference, and an
+        # encoder this size is cheap in fp32.
+        placement = choose_placement(self.options, bf16_on_cpu=False)
         self.device, self.dtype = placement.device, placement.dtype
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder)

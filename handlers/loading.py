@@ -31,7 +31,7 @@ class Placement:
     dtype: torch.dtype
 
 
-def choose_placement(options: LoadOptions) -> Placement:
+def choose_placement(options: LoadOptions, bf16_on_cpu: bool = True) -> Placement:
     if options.torch_threads:
         torch.set_num_threads(options.torch_threads)
     if options.device == "auto":
@@ -47,11 +47,22 @@ def choose_placement(options: LoadOptions) -> Placement:
         dtype = _DTYPES[options.dtype]
     elif device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    elif bf16_on_cpu and cpu_has_bf16():
+        # Measured here (README, Benchmarks): bf16 decodes faster than fp32 at every batch size on
+        # a CPU with native bf16 (AVX512-BF16 / AMX): 25 vs 17 tok/s alone, 271 vs 120 at 16.
+        dtype = torch.bfloat16
     else:
-        # fp32 on CPU: a single stream is bound by reading weights, and bf16 costs accuracy for
-        # little gain there (see PERF-NOTES); batching work may choose bf16 explicitly.
         dtype = torch.float32
     return Placement(device, dtype)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls on this CPU (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def quantization_config(options: LoadOptions, placement: Placement) -> Any | None:

@@ -20,10 +20,9 @@ def create_celery(settings: Settings) -> Celery:
         result_backend=None,
         task_serializer="json",
         accept_content=["json"],
-        # One model per worker, one job at a time, and nothing hoarded: queued jobs wait in Redis
-        # where any worker of the model can take them, not in one worker's prefetch buffer.
+        # Nothing hoarded: a worker reserves one message per pool thread (its batch size, set by
+        # tasks/worker.py); the rest wait in Redis where any worker of the model can take them.
         worker_prefetch_multiplier=1,
-        worker_concurrency=1,
         task_acks_late=False,
         # Queues are per model and made on first use; nothing goes to a default queue.
         task_create_missing_queues=True,

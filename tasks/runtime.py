@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ from handlers.base import ChatHandler, Handler
 from handlers.embedding import EmbeddingHandler
 from handlers.registry import detect_family, handler_class
 
+from .engine_loop import EngineLoop
 from .errors import JobError, server_error
 from .jobs import WorkerJobs
 from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, LoadOptions,
@@ -25,8 +27,6 @@ from .presence import Announcer
 from .settings import Settings
 
 log = logging.getLogger("llmhost.worker")
-
-CANCEL_CHECK_SECONDS = 0.05
 
 
 class WorkerRuntime:
@@ -42,6 +42,13 @@ class WorkerRuntime:
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype, quantization=settings.quantization,
                                    torch_threads=settings.torch_threads)
         self.handler: Handler | None = None
+        self.loop: EngineLoop | None = None  # chat models: the thread that drives the model
+        self._embed_lock = threading.Lock()
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs in flight in this process: a chat model batches up to max_batch of them."""
+        return 1 if self.family.name == "embedding" else self.settings.max_batch
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -60,10 +67,18 @@ class WorkerRuntime:
             self.announcer.update(state="failed", error=e.message)
             raise
         self.handler, self.options = handler, options
+        if isinstance(handler, ChatHandler):
+            if self.loop is None:
+                self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens)
+                self.loop.start()
+            else:
+                self.loop.replace_engine(handler)
         self.announcer.update(state="ready", error="", **handler.describe())
         log.info("%s ready in %.1f s (%s)", self.model_id, time.perf_counter() - started, handler.describe())
 
     def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
         self.announcer.stop()
 
     # --- job plumbing ------------------------------------------------------------------------
@@ -82,17 +97,6 @@ class WorkerRuntime:
 
     def _publish(self, job_id: str, event: Event) -> None:
         self.jobs.publish(job_id, event.model_dump_json(exclude_defaults=True))
-
-    def _cancel_check(self, job_id: str, deadline: float) -> Callable[[], bool]:
-        last = [0.0, False]
-
-        def is_cancelled() -> bool:
-            now = time.monotonic()
-            if not last[1] and now - last[0] >= CANCEL_CHECK_SECONDS:
-                last[0] = now
-                last[1] = time.time() > deadline or self.jobs.status(job_id) != "running"
-            return bool(last[1])
-        return is_cancelled
 
     def _finish(self, job_id: str, result: dict) -> None:
         if self.jobs.move(job_id, "succeeded", result=result, finished_at=time.time()) == "ok":
@@ -134,39 +138,43 @@ class WorkerRuntime:
     def generate(self, job: GenerateJob) -> None:
         def body() -> dict | None:
             handler = self._handler(ChatHandler)
-            assert isinstance(handler, ChatHandler)
+            assert isinstance(handler, ChatHandler) and self.loop is not None
             if job.messages is not None:
                 prompts = [handler.encode_chat(job.messages)]
             else:
                 prompts = [handler.encode_prompt(p) for p in job.prompts or []]
             budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]
             self._publish(job.job_id, Event(type="started"))
-            is_cancelled = self._cancel_check(job.job_id, job.deadline)
-            outputs = []
-            for index, (ids, budget) in enumerate(zip(prompts, budgets)):
-                gen = handler.generate(ids, job.sampling, budget, is_cancelled)
-                for delta in gen:
-                    if job.stream:
-                        self._publish(job.job_id, Event(type="delta", index=index, text=delta))
-                if gen.finish_reason == "cancelled":
-                    log.info("job %s cancelled after %d tokens", job.job_id, gen.completion_tokens)
-                    return None
-                outputs.append(Output(index=index, text=gen.text, finish_reason=gen.finish_reason,
-                                      prompt_tokens=len(ids), completion_tokens=gen.completion_tokens))
-            return GenerateResult(outputs=outputs).model_dump()
+            # Every prompt of the job joins the batch at once; the engine thread does the rest.
+            waiters = [self.loop.submit(job.job_id, i, ids, job.sampling, budget, job.stream, job.deadline)
+                       for i, (ids, budget) in enumerate(zip(prompts, budgets))]
+            for w in waiters:
+                w.done.wait()
+            if (err := next((w.error for w in waiters if w.error), None)) is not None:
+                raise err
+            seqs = [w.seq for w in waiters]
+            if any(s is None or s.finish_reason == "cancelled" for s in seqs):
+                log.info("job %s cancelled", job.job_id)
+                return None
+            return GenerateResult(outputs=[
+                Output(index=i, text=s.text, finish_reason=s.finish_reason or "length",  # type: ignore[union-attr]
+                       prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.token_ids))  # type: ignore[union-attr]
+                for i, s in enumerate(seqs)]).model_dump()
         self._run(job.job_id, job.deadline, body)
 
     def embed(self, job: EmbedJob) -> None:
         def body() -> dict:
             handler = self._handler(EmbeddingHandler)
             assert isinstance(handler, EmbeddingHandler)
-            vectors, tokens = handler.embed(job.inputs, job.dimensions)
+            with self._embed_lock:
+                vectors, tokens = handler.embed(job.inputs, job.dimensions)
             return EmbedResult(vectors=vectors, prompt_tokens=tokens).model_dump()
         self._run(job.job_id, job.deadline, body)
 
     def initialize(self, job: InitializeJob) -> None:
-        """Reload this worker's model with new options; on failure, go back to the old ones."""
-        def body() -> dict:
+        """Reload this worker's model with new options; on failure, go back to the old ones.
+        Running sequences finish first; jobs that arrive meanwhile wait, none is lost."""
+        def reload() -> dict:
             previous = self.options
             self.announcer.update(state="loading")
             self.handler = None
@@ -179,6 +187,12 @@ class WorkerRuntime:
                 raise
             return {"model": self.model_id, "worker": self.name, **self.handler.describe(),  # type: ignore[union-attr]
                     "options": job.options.model_dump()}
+
+        def body() -> dict:
+            if self.loop is not None:
+                return self.loop.call_when_idle(reload)
+            with self._embed_lock:
+                return reload()
         self._run(job.job_id, job.deadline, body)
 
 

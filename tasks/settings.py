@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="0 = torch's default (all cores)")
     heartbeat_interval: float = Field(2.0, gt=0)
     heartbeat_ttl: int = Field(10, gt=0)
-    default_max_tokens: int = Field(512, gt=0, description="max_tokens when a request gives none")
+    max_batch: int = Field(32, ge=1, description="sequences decoded together; 1 = one request at a time")
+    max_batch_tokens: int = Field(32768, ge=16, description="prompt+generated tokens held in the KV cache before new sequences wait")
 
     log_level: str = "INFO"
 

@@ -66,10 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("model %s failed to load: %s", args.model, e.message)
         return EXIT_LOAD_FAILED
     try:
-        # solo pool: the model lives in this process (no fork after torch is loaded), and one job
-        # runs at a time; prefetch 1 keeps queued jobs in Redis for any worker of this model.
+        # threads pool: the model lives in this process (no fork after torch is loaded) and up to
+        # max_batch jobs are in flight, each pool thread waiting on its sequences while the engine
+        # thread batches them. Prefetch 1 per thread: beyond that, jobs wait in Redis, where any
+        # worker of this model can take them.
         app.worker_main([
-            "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+            "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",
             "-Q", queue_name(args.model), "-n", name, "-E",
             "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
         ])

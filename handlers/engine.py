@@ -1,0 +1,270 @@
+"""Continuous batching on one model: sequences join the running batch at the next step and leave it
+when they finish, each with its own sampling parameters, stop conditions and text stream.
+
+A small state machine (after nano-vllm's ``step() = schedule → run → postprocess``):
+
+* ``waiting``: admitted requests not yet prefilled; ``running``: sequences in the batch.
+* ``step()``: prefill the waiting requests that fit (one left-padded forward for the group), merge
+  their KV cache into the running batch, then decode one token for every running sequence.
+
+The batch's KV cache is transformers' ordinary cache, left-padded: on CPU one forward over a padded
+batch is several times faster than the paged manager (PERF-NOTES). Joining pads the shorter side on
+the left and concatenates along the batch; leaving selects the remaining rows and trims columns that
+became padding for every row (TGI's ``CausalLMBatch.concatenate`` / ``filter`` design). The KV rows of
+a finished or aborted sequence are dropped at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from tasks.payloads import SamplingParams
+
+from .sampling import make_generator, next_token
+from .text import IncrementalDecoder, StopMatcher
+
+if TYPE_CHECKING:
+    from .base import ChatHandler
+
+log = logging.getLogger(__name__)
+
+_DECODE_CONTEXT = 4  # prompt tokens that give the first generated token its left context
+
+
+@dataclass
+class Sequence:
+    id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    aborted: bool = False
+    decoder: IncrementalDecoder | None = None
+    stops: StopMatcher | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def text(self) -> str:
+        return self.stops.text if self.stops else ""
+
+
+@dataclass
+class StepOutput:
+    seq: Sequence
+    delta: str
+    finished: bool
+
+
+class Engine:
+    def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768) -> None:
+        self.handler = handler
+        self.model = handler.model
+        self.device = handler.device
+        self.max_batch = max(1, max_batch)
+        self.max_batch_tokens = max_batch_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        # Batch state, row i ↔ running[i]: KV cache, attention mask over cache columns, real lengths.
+        self._cache = None
+        self._mask: torch.Tensor | None = None
+        self._lengths: torch.Tensor | None = None
+        self._pending: torch.Tensor | None = None  # the last sampled token of each row, not yet fed
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams, max_tokens: int) -> Sequence:
+        seq = Sequence(seq_id, list(prompt_ids), params, max_tokens)
+        seq.decoder = IncrementalDecoder(self.handler.decode, seq.prompt_ids[-_DECODE_CONTEXT:])
+        seq.stops = StopMatcher(params.stop)
+        seq.generator = make_generator(params, self.device)
+        self.waiting.append(seq)
+        return seq
+
+    def abort(self, seq_id: str) -> None:
+        for seq in (*self.waiting, *self.running):
+            if seq.id == seq_id:
+                seq.aborted = True
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def kv_tokens(self) -> int:
+        return int(self._lengths.sum().item()) if self._lengths is not None else 0
+
+    # --- the step ---------------------------------------------------------------------------
+
+    def step(self) -> list[StepOutput]:
+        outputs: list[StepOutput] = []
+        outputs += self._drop_aborted()
+        admitted = self._schedule()
+        with torch.inference_mode():
+            if admitted:
+                outputs += self._prefill(admitted)
+            if self.running:
+                outputs += self._decode()
+        return outputs
+
+    def _schedule(self) -> list[Sequence]:
+        """Waiting requests that fit in the batch (count and KV token budget), in arrival order."""
+        admitted: list[Sequence] = []
+        tokens = self.kv_tokens
+        while self.waiting and len(self.running) + len(admitted) < self.max_batch:
+            seq = self.waiting[0]
+            need = len(seq.prompt_ids)
+            if (self.running or admitted) and tokens + need > self.max_batch_tokens:
+                break  # wait for room; a lone request is always admitted
+            admitted.append(self.waiting.popleft())
+            tokens += need
+        return admitted
+
+    def _prefill(self, group: list[Sequence]) -> list[StepOutput]:
+        width = max(len(s.prompt_ids) for s in group)
+        pad = self.handler.pad_id
+        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in group], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in group], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        lengths = mask.sum(-1)
+        tokens = self._sample(group, out.logits[:, -1])
+        outputs, keep = self._postprocess(group, tokens)
+        if keep:
+            idx = torch.tensor(keep, device=self.device)
+            self._join(out.cache, mask, lengths, tokens, idx, [group[i] for i in keep])
+        return outputs
+
+    def _decode(self) -> list[StepOutput]:
+        assert self._mask is not None and self._lengths is not None and self._pending is not None
+        ones = torch.ones((len(self.running), 1), dtype=self._mask.dtype, device=self.device)
+        mask = torch.cat([self._mask, ones], dim=1)
+        out = self.model(input_ids=self._pending[:, None], attention_mask=mask,
+                         position_ids=self._lengths[:, None], cache=self._cache, use_cache=True)
+        self._cache, self._mask, self._lengths = out.cache, mask, self._lengths + 1
+        tokens = self._sample(self.running, out.logits[:, -1])
+        outputs, keep = self._postprocess(self.running, tokens)
+        self._pending = tokens
+        if len(keep) < len(self.running):
+            self._filter(keep)
+        return outputs
+
+    # --- sampling and text ------------------------------------------------------------------------
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        greedy = torch.argmax(logits, dim=-1)
+        chosen = greedy.tolist()
+        for i, seq in enumerate(seqs):
+            if not seq.params.greedy:
+                chosen[i] = next_token(logits[i], seq.params, seq.generator)
+        return torch.tensor(chosen, device=self.device)
+
+    def _postprocess(self, seqs: list[Sequence], tokens: torch.Tensor) -> tuple[list[StepOutput], list[int]]:
+        """Feed each sampled token to its sequence; return outputs and the rows that go on."""
+        outputs, keep = [], []
+        stop_ids = self.handler.stop_ids
+        for i, (seq, token) in enumerate(zip(seqs, tokens.tolist())):
+            delta = ""
+            if token in stop_ids:
+                seq.finish_reason = "stop"
+            else:
+                seq.token_ids.append(token)
+                delta = seq.stops.feed(seq.decoder.push(token))  # type: ignore[union-attr]
+                if seq.stops.stopped:  # type: ignore[union-attr]
+                    seq.finish_reason = "stop"
+                elif len(seq.token_ids) >= seq.max_tokens:
+                    seq.finish_reason = "length"
+            if seq.finish_reason:
+                delta += seq.stops.flush()  # type: ignore[union-attr]
+                outputs.append(StepOutput(seq, delta, True))
+            else:
+                keep.append(i)
+                if delta:
+                    outputs.append(StepOutput(seq, delta, False))
+        return outputs, keep
+
+    def _drop_aborted(self) -> list[StepOutput]:
+        outputs = []
+        for seq in [s for s in self.waiting if s.aborted]:
+            self.waiting.remove(seq)
+            seq.finish_reason = "cancelled"
+            outputs.append(StepOutput(seq, "", True))
+        keep = [i for i, s in enumerate(self.running) if not s.aborted]
+        if len(keep) < len(self.running):
+            for seq in self.running:
+                if seq.aborted:
+                    seq.finish_reason = "cancelled"
+                    outputs.append(StepOutput(seq, "", True))
+            self._filter(keep)
+        return outputs
+
+    # --- KV cache surgery ---------------------------------------------------------------------------
+
+    def _join(self, cache, mask: torch.Tensor, lengths: torch.Tensor, tokens: torch.Tensor, rows: torch.Tensor,
+              seqs: list[Sequence]) -> None:
+        """Merge freshly prefilled rows into the running batch."""
+        if len(rows) < mask.shape[0]:
+            cache.batch_select_indices(rows)
+            mask, lengths, tokens = mask[rows], lengths[rows], tokens[rows]
+        if self._cache is None or not self.running:
+            self._cache, self._mask, self._lengths, self._pending = cache, mask, lengths, tokens
+            self.running = list(seqs)
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        old_layers, new_layers = self._cache.layers, cache.layers
+        for old, new in zip(old_layers, new_layers):
+            old.keys = torch.cat([_left_pad(old.keys, width), _left_pad(new.keys, width)], dim=0)
+            old.values = torch.cat([_left_pad(old.values, width), _left_pad(new.values, width)], dim=0)
+        self._mask = torch.cat([_left_pad(self._mask, width), _left_pad(mask, width)], dim=0)
+        _sync_layer_lengths(self._cache, width)
+        self._lengths = torch.cat([self._lengths, lengths])
+        self._pending = torch.cat([self._pending, tokens])
+        self.running += seqs
+
+    def _filter(self, keep: list[int]) -> None:
+        """Keep only rows ``keep``; trim the columns that are now padding in every row."""
+        self.running = [self.running[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._lengths = self._pending = None
+            return
+        assert self._mask is not None and self._lengths is not None and self._pending is not None
+        idx = torch.tensor(keep, device=self.device)
+        self._cache.batch_select_indices(idx)
+        self._mask, self._lengths, self._pending = self._mask[idx], self._lengths[idx], self._pending[idx]
+        trim = int((self._mask.shape[1] - self._mask.sum(-1)).min().item())
+        if trim:
+            self._mask = self._mask[:, trim:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, trim:], layer.values[:, :, trim:]
+            _sync_layer_lengths(self._cache, self._mask.shape[1])
+
+
+def _sync_layer_lengths(cache, width: int) -> None:
+    """Sliding-window layers count the tokens they have seen; after joining or trimming columns the
+    batch has seen ``width`` (padded) positions."""
+    for layer in cache.layers:
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = width
+
+
+def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad dim -2 (KV: [B, H, T, D]) or dim -1 (mask: [B, T]) on the left with zeros up to ``width``."""
+    dim = -1 if t.dim() == 2 else -2
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
+
+
+def run_to_completion(engine: Engine) -> list[StepOutput]:
+    """Step until nothing is left (in-process use: tests, benchmarks)."""
+    outputs: list[StepOutput] = []
+    while engine.has_work():
+        outputs += engine.step()
+    return outputs

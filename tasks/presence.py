@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import redis
 import redis.asyncio as aioredis
@@ -38,6 +38,9 @@ class WorkerInfo:
     heartbeat_at: float = 0.0
     error: str = ""
     kind: str = ""  # chat | embedding
+    running: int = 0
+    waiting: int = 0
+    peak_batch: int = 0
 
     @classmethod
     def from_hash(cls, raw: dict) -> "WorkerInfo":
@@ -47,6 +50,8 @@ class WorkerInfo:
             device=d.get("device", ""), dtype=d.get("dtype", ""), pid=int(d.get("pid") or 0),
             host=d.get("host", ""), started_at=float(d.get("started_at") or 0),
             heartbeat_at=float(d.get("heartbeat_at") or 0), error=d.get("error", ""), kind=d.get("kind", ""),
+            running=int(d.get("running") or 0), waiting=int(d.get("waiting") or 0),
+            peak_batch=int(d.get("peak_batch") or 0),
         )
 
 
@@ -64,6 +69,8 @@ class Announcer:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.stats: Callable[[], dict[str, Any]] = dict  # live figures refreshed with each beat
+
 
     def update(self, **fields: Any) -> None:
         self._fields.update({k: v for k, v in fields.items() if v is not None})
@@ -71,6 +78,7 @@ class Announcer:
 
     def _write(self) -> None:
         self._fields["heartbeat_at"] = time.time()
+        self._fields.update(self.stats())
         with self._r.pipeline() as p:
             p.hset(self.key, mapping={k: str(v) for k, v in self._fields.items()})
             p.expire(self.key, self._ttl)

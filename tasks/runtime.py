@@ -71,6 +71,7 @@ class WorkerRuntime:
             if self.loop is None:
                 self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens)
                 self.loop.start()
+                self.announcer.stats = self.loop.stats
             else:
                 self.loop.replace_engine(handler)
         self.announcer.update(state="ready", error="", **handler.describe())

@@ -1,0 +1,309 @@
+"""Throughput and latency of LLM-Host under concurrent streaming load, batched vs one-at-a-time.
+
+    python -m bench.load                      # start servers itself, batched and unbatched, print + plot
+    python -m bench.load --url http://127.0.0.1:41443 --no-unbatched   # drive a running server
+
+For each concurrency level, N clients each send streaming chat requests (greedy, ``max_tokens``
+output tokens) over the real HTTP API and the table reports requests/s, output tokens/s, time to
+first token and inter-token latency (p50/p99), errors. It also measures what the queue adds: a
+``max_tokens: 1`` request through the API against the same generation called in-process, and the
+per-token streaming cost; and the worker's peak RSS. It writes a PNG plot of throughput and TTFT
+against concurrency. Numbers, not asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tasks.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+TOPICS = ["a dragon", "the sea", "a lost city", "a robot", "two brothers", "a storm", "the moon", "a library",
+          "a long journey", "a clockmaker", "a forest", "a small village", "a pirate ship", "a winter night",
+          "an old map", "a mountain"]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    requests: int = 0
+    errors: int = 0
+    tokens: int = 0
+    wall: float = 0.0
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.wall if self.wall else 0.0
+
+    @property
+    def req_s(self) -> float:
+        return self.requests / self.wall if self.wall else 0.0
+
+
+async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, res: LevelResult) -> None:
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    last = None
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                res.errors += 1
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    res.errors += 1
+                    return
+                if chunk.get("usage"):
+                    res.tokens += chunk["usage"]["completion_tokens"]
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    now = time.perf_counter()
+                    if last is None:
+                        res.ttft.append((now - start) * 1000)
+                    else:
+                        res.itl.append((now - last) * 1000)
+                    last = now
+        res.requests += 1
+    except httpx.HTTPError:
+        res.errors += 1
+
+
+async def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> LevelResult:
+    res = LevelResult(concurrency)
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        async def worker(i: int) -> None:
+            for j in range(per_client):
+                topic = TOPICS[(i + j) % len(TOPICS)]
+                await one_stream(client, f"Write a long story about {topic}.", max_tokens, res)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        res.wall = time.perf_counter() - start
+    return res
+
+
+async def api_one_token(url: str, samples: int) -> list[float]:
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for _ in range(samples):
+            start = time.perf_counter()
+            r = await client.post("/v1/chat/completions", json={
+                "model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0})
+            r.raise_for_status()
+            out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def in_process(models_dir: Path, samples: int, dtype: str, threads: int) -> dict[str, float]:
+    """The same generations without HTTP, Redis or Celery: the baseline the queue is charged against."""
+    from handlers.registry import detect_family, handler_class
+    from tasks.payloads import LoadOptions, Message, SamplingParams
+
+    folder = models_dir / MODEL_ID
+    h = handler_class(detect_family(MODEL_ID, folder))(MODEL_ID, folder, LoadOptions(dtype=dtype, torch_threads=threads))
+    h.load()
+    greedy = SamplingParams(temperature=0)
+    one = []
+    for _ in range(samples + 2):
+        start = time.perf_counter()
+        ids = h.encode_chat([Message(role="user", content="Hi")])
+        list(h.generate(ids, greedy, 1))
+        one.append((time.perf_counter() - start) * 1000)
+    ids = h.encode_chat([Message(role="user", content="Write a long story about a dragon.")])
+    stamps = []
+    for _ in h.generate(ids, greedy, 64):
+        stamps.append(time.perf_counter())
+    per_token = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
+    return {"one_token_p50": pct(one[2:], 50), "per_token_p50": pct(per_token, 50), "dtype": str(h.dtype)}
+
+
+def rss_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker_pids(url: str) -> list[int]:
+    status = httpx.get(f"{url}/old/status", timeout=5).json()
+    return [int(w["pid"]) for w in status["workers"] if w["model"] == MODEL_ID]
+
+
+class Server:
+    """`python -m tasks.supervisor` serving one model on a free port, with its own Redis."""
+
+    def __init__(self, max_batch: int, threads: int, dtype: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k != "LLMHOST_REDIS_URL"}
+        env.update(LLMHOST_PORT=str(self.port), LLMHOST_DEFAULT_MODELS=json.dumps([MODEL_ID]),
+                   LLMHOST_MAX_BATCH=str(max_batch), LLMHOST_TORCH_THREADS=str(threads), LLMHOST_DTYPE=dtype,
+                   LLMHOST_STATE_DIR=str(ROOT / ".state" / f"bench-{self.port}"), HF_HUB_OFFLINE="1")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tasks.supervisor"], cwd=ROOT, env=env,
+                                     stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit(f"server on {self.url} not ready after {timeout} s")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def measure(url: str, label: str, levels: list[int], rounds: int, max_tokens: int, samples: int) -> dict:
+    pids = worker_pids(url)
+    rss_start = {p: rss_kib(p, "VmRSS") for p in pids}
+    asyncio.run(run_level(url, 2, 1, 8))  # warm-up
+    results = []
+    for c in levels:
+        res = asyncio.run(run_level(url, c, rounds, max_tokens))
+        results.append(res)
+        print(f"  [{label}] concurrency {c:>3}: {res.tok_s:7.1f} tok/s, TTFT p50 {pct(res.ttft, 50):7.0f} ms, "
+              f"errors {res.errors}", flush=True)
+    one = asyncio.run(api_one_token(url, samples))
+    peak = {p: rss_kib(p, "VmHWM") for p in pids}
+    return {"label": label, "results": results, "api_one": one, "rss_start_mib": sum(rss_start.values()) / 1024,
+            "rss_peak_mib": sum(peak.values()) / 1024}
+
+
+def print_table(run: dict) -> None:
+    print(f"\n{run['label']}")
+    print(f"{'conc':>5} {'req/s':>7} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'errors':>7}")
+    for r in run["results"]:
+        print(f"{r.concurrency:>5} {r.req_s:>7.2f} {r.tok_s:>10.1f} {pct(r.ttft, 50):>9.0f} {pct(r.ttft, 99):>9.0f} "
+              f"{pct(r.itl, 50):>8.1f} {pct(r.itl, 99):>8.1f} {r.errors:>7}")
+    print(f"worker RSS: {run['rss_start_mib']:.0f} MiB after load, peak {run['rss_peak_mib']:.0f} MiB")
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for run in runs:
+        xs = [r.concurrency for r in run["results"]]
+        a.plot(xs, [r.tok_s for r in run["results"]], marker="o", label=run["label"])
+        b.plot(xs, [pct(r.ttft, 50) for r in run["results"]], marker="o", label=run["label"])
+    a.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput", xscale="log")
+    b.set(xlabel="concurrent streams", ylabel="TTFT p50 (ms)", title="Time to first token", xscale="log", yscale="log")
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"LLM-Host, {MODEL_ID}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+MODEL_ID = MODEL
+
+
+def main() -> None:
+    global MODEL_ID
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--url", help="drive this running server instead of starting one")
+    p.add_argument("--model", default=MODEL)
+    p.add_argument("--levels", default="1,4,16,32", help="concurrency levels (batched)")
+    p.add_argument("--unbatched-levels", default="1,4,16", help="levels for the one-at-a-time worker")
+    p.add_argument("--no-unbatched", action="store_true", help="skip the one-at-a-time comparison")
+    p.add_argument("--rounds", type=int, default=2, help="requests per client per level")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--samples", type=int, default=40, help="max_tokens=1 requests for the queue overhead")
+    p.add_argument("--threads", type=int, default=2, help="worker torch threads (when starting servers)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--plot", default=str(ROOT / "bench" / "results" / "load.png"))
+    args = p.parse_args()
+    MODEL_ID = args.model
+    levels = [int(x) for x in args.levels.split(",")]
+
+    from tasks.settings import get_settings
+
+    models_dir = get_settings().models_dir
+    base = in_process(models_dir, args.samples, args.dtype, args.threads)
+    print(f"in-process ({base['dtype']}): max_tokens=1 request {base['one_token_p50']:.1f} ms p50, "
+          f"decode {base['per_token_p50']:.1f} ms/token p50", flush=True)
+
+    runs = []
+    plans = [("batched", args.max_batch, levels)]
+    if not args.no_unbatched and not args.url:
+        plans.append(("one-at-a-time", 1, [int(x) for x in args.unbatched_levels.split(",")]))
+    for label, max_batch, lv in plans:
+        server = None
+        url = args.url
+        if not url:
+            log = ROOT / "bench" / "results" / f"server-{label}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            server = Server(max_batch, args.threads, args.dtype, log)
+            server.wait_ready()
+            url = server.url
+        try:
+            runs.append(measure(url, f"{label} (max_batch {max_batch})", lv, args.rounds, args.max_tokens, args.samples))
+        finally:
+            if server:
+                server.stop()
+
+    for run in runs:
+        print_table(run)
+    one = runs[0]["api_one"]
+    print(f"\nqueue overhead (max_tokens=1 via API minus in-process {base['one_token_p50']:.1f} ms): "
+          f"p50 {pct(one, 50) - base['one_token_p50']:.1f} ms, p99 {pct(one, 99) - base['one_token_p50']:.1f} ms")
+    c1 = next((r for r in runs[0]["results"] if r.concurrency == 1), None)
+    if c1 and c1.itl:
+        print(f"streaming cost per token (ITL p50 at 1 stream minus in-process): "
+              f"{statistics.median(c1.itl) - base['per_token_p50']:.2f} ms")
+    if len(runs) == 2:
+        for c in set(levels) & {r.concurrency for r in runs[1]["results"]}:
+            b = next(r for r in runs[0]["results"] if r.concurrency == c)
+            u = next(r for r in runs[1]["results"] if r.concurrency == c)
+            print(f"batched / one-at-a-time at {c:>2} streams: {b.tok_s / u.tok_s:.1f}x tokens/s")
+    b1 = next((r for r in runs[0]["results"] if r.concurrency == 1), None)
+    b16 = next((r for r in runs[0]["results"] if r.concurrency == 16), None)
+    if b1 and b16:
+        print(f"TTFT p50 at 16 streams / at 1 stream: {pct(b16.ttft, 50) / pct(b1.ttft, 50):.1f}x")
+    plot(runs, Path(args.plot))
+    print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

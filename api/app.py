@@ -31,11 +31,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
                                          health_check_interval=30, max_connections=1024)
         celery = create_celery(settings)
-        app.state.gateway = Gateway(settings, client, JobClient(client, celery, settings.job_ttl))
+        jobs = JobClient(client, celery, settings.job_ttl)
+        await jobs.hub.start()
+        app.state.gateway = Gateway(settings, client, jobs)
         log.info("LLM-Host API: models in %s, queue at %s", settings.models_dir, settings.redis_url)
         try:
             yield
         finally:
+            await jobs.hub.stop()
             await client.aclose()
 
     app = FastAPI(title="LLM-Host", version="0.1.0", lifespan=lifespan,

@@ -18,7 +18,7 @@ from tasks.client import JobClient, JobWatch, new_job_id
 from tasks.errors import JobError
 from tasks.payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, EmbedResult, GenerateJob,
                             GenerateResult, InitializeJob, LoadOptions)
-from tasks.presence import WorkerInfo, live_workers
+from tasks.presence import WorkerInfo
 from tasks.settings import Settings
 
 from . import responses
@@ -45,8 +45,8 @@ class Gateway:
 
     # --- models and workers ----------------------------------------------------------------
 
-    async def workers(self) -> list[WorkerInfo]:
-        return await live_workers(self.redis)
+    async def workers(self, fresh: bool = False) -> list[WorkerInfo]:
+        return await self.jobs.workers(fresh)
 
     async def model_cards(self) -> list[dict[str, Any]]:
         workers = await self.workers()
@@ -71,6 +71,8 @@ class Gateway:
         """404 for an unknown model; 503 at once when no worker is ready for it."""
         resolve(self.settings.models_dir, model)
         mine = [w for w in await self.workers() if w.model == model]
+        if not any(w.state == "ready" for w in mine):  # the cache may predate a worker that just came up
+            mine = [w for w in await self.workers(fresh=True) if w.model == model]
         ready = [w for w in mine if w.state == "ready"]
         if not ready:
             if any(w.state == "loading" for w in mine):

@@ -3,14 +3,17 @@
 Everything here is async and never blocks the event loop: Redis is reached with ``redis.asyncio``
 and Celery's (synchronous) producer runs in a worker thread. No torch is imported.
 
-A waiter subscribes to the job's channel *before* the job is enqueued, so no early token is lost.
-When the channel is quiet it looks at the job record, so a lost message, a dead worker or a
-deadline never leaves it waiting forever.
+Each API process subscribes once to its own reply channel (:class:`EventHub`), and every job it
+waits for names that channel in ``reply_to``: no Redis connection or SUBSCRIBE per request, and no
+process receives other processes' tokens. A job's queue is registered *before* the job is enqueued,
+so no early token is lost. When its queue is quiet a waiter looks at the job record, so a lost
+message, a dead worker or a deadline never leaves it waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Any
@@ -20,11 +23,14 @@ from celery import Celery
 from pydantic import BaseModel
 
 from .errors import JobError
-from .jobs import JobStore, events_channel
+from .jobs import JobStore, reply_channel
 from .payloads import Event
-from .presence import WORKER_KEY, live_workers, queue_name
+from .presence import WORKER_KEY, WorkerInfo, live_workers, queue_name
+
+log = logging.getLogger("llmhost.client")
 
 POLL_SECONDS = 1.0
+PRESENCE_CACHE_SECONDS = 0.5
 
 
 def new_job_id(prefix: str = "job") -> str:
@@ -38,20 +44,88 @@ def timeout_error(seconds: float) -> JobError:
     )
 
 
+class EventHub:
+    """This process's one subscription: routes each incoming event to the queue of its job."""
+
+    def __init__(self, redis_client: aioredis.Redis) -> None:
+        self.redis = redis_client
+        self.channel = reply_channel(uuid.uuid4().hex)
+        self._queues: dict[str, asyncio.Queue[Event]] = {}
+        self._task: asyncio.Task | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="llmhost-event-hub")
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), 2)
+        except asyncio.TimeoutError:
+            log.warning("reply channel not subscribed yet (Redis unreachable?); retrying in the background")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def open(self, job_id: str) -> "asyncio.Queue[Event]":
+        return self._queues.setdefault(job_id, asyncio.Queue())
+
+    def close(self, job_id: str) -> None:
+        self._queues.pop(job_id, None)
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)  # below the socket timeout
+                    if msg and msg["type"] == "message":
+                        event = Event.model_validate_json(msg["data"])
+                        queue = self._queues.get(event.job)
+                        if queue is not None:
+                            queue.put_nowait(event)
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except Exception as e:  # noqa: BLE001 - Redis went away: waiters fall back to job records
+                self._subscribed.clear()
+                log.warning("reply channel lost (%s); resubscribing", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # noqa: BLE001
+                    pass
+
+
 class JobClient:
     def __init__(self, redis_client: aioredis.Redis, celery: Celery, job_ttl: int) -> None:
         self.redis = redis_client
         self.celery = celery
         self.store = JobStore(redis_client, job_ttl)
+        self.hub = EventHub(redis_client)
+        self._presence: tuple[float, list[WorkerInfo]] = (0.0, [])
+
+    async def workers(self, fresh: bool = False) -> list[WorkerInfo]:
+        """Live workers, read at most every half second: routing needs no round trip per request."""
+        at, cached = self._presence
+        if fresh or time.monotonic() - at > PRESENCE_CACHE_SECONDS:
+            cached = await live_workers(self.redis)
+            self._presence = (time.monotonic(), cached)
+        return cached
 
     async def submit(self, task: str, job: BaseModel, *, endpoint: str, meta: dict[str, Any], watch: bool) -> "JobWatch | None":
-        """Record the job, subscribe to its events (when ``watch``), then enqueue it."""
+        """Record the job, open its event queue (when ``watch``), then enqueue it."""
         job_id: str = job.job_id  # type: ignore[attr-defined]
         model: str = job.model  # type: ignore[attr-defined]
         watcher = None
         if watch:
+            job.reply_to = self.hub.channel  # type: ignore[attr-defined]
             watcher = JobWatch(self, job_id, model, deadline=job.deadline)  # type: ignore[attr-defined]
-            await watcher.subscribe()
         try:
             await self.store.create(job_id, endpoint, model, meta)
             await asyncio.to_thread(
@@ -104,7 +178,7 @@ class JobWatch:
         self.model = model
         self.deadline = deadline
         self._timeout = max(0.0, deadline - time.time())
-        self._pubsub = client.redis.pubsub()
+        self._queue = client.hub.open(job_id)
         self._pending: list[Event] = []
         self.finished = False
 
@@ -112,14 +186,8 @@ class JobWatch:
         """Return an event to the front of the queue (a caller peeked at it)."""
         self._pending.insert(0, event)
 
-    async def subscribe(self) -> None:
-        await self._pubsub.subscribe(events_channel(self.job_id))
-
     async def close(self) -> None:
-        try:
-            await self._pubsub.aclose()
-        except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-            pass
+        self.client.hub.close(self.job_id)
 
     async def __aenter__(self) -> "JobWatch":
         return self
@@ -141,15 +209,15 @@ class JobWatch:
             remaining = self.deadline - time.time()
             if remaining <= 0:
                 raise timeout_error(self._timeout)
-            msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=min(POLL_SECONDS, remaining))
-            if msg is not None and msg.get("type") == "message":
-                event = Event.model_validate_json(msg["data"])
-                if event.type in ("done", "error"):
-                    self.finished = True
-                return event
-            if (event := await self._from_record()) is not None:
+            try:
+                event = await asyncio.wait_for(self._queue.get(), timeout=min(POLL_SECONDS, remaining))
+            except asyncio.TimeoutError:
+                event = await self._from_record()
+                if event is None:
+                    continue
+            if event.type in ("done", "error"):
                 self.finished = True
-                return event
+            return event
 
     async def _from_record(self) -> Event | None:
         """When the channel is quiet: has the job ended (or its worker gone) meanwhile?"""

@@ -21,7 +21,7 @@ from handlers.base import ChatHandler
 from handlers.engine import Engine, Sequence
 
 from .errors import JobError, server_error
-from .jobs import events_channel, job_key
+from .jobs import job_key
 from .payloads import Event, SamplingParams
 
 log = logging.getLogger("llmhost.engine")
@@ -33,7 +33,7 @@ CANCEL_CHECK_SECONDS = 0.05
 class SeqWaiter:
     job_id: str
     index: int
-    stream: bool
+    reply_to: str | None  # set when someone streams this job's deltas
     deadline: float
     done: threading.Event = field(default_factory=threading.Event)
     seq: Sequence | None = None
@@ -76,8 +76,8 @@ class EngineLoop(threading.Thread):
     # --- called from Celery's pool threads --------------------------------------------------------
 
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-               stream: bool, deadline: float) -> SeqWaiter:
-        waiter = SeqWaiter(job_id, index, stream, deadline)
+               reply_to: str | None, deadline: float) -> SeqWaiter:
+        waiter = SeqWaiter(job_id, index, reply_to, deadline)
         self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens))
         return waiter
 
@@ -148,9 +148,9 @@ class EngineLoop(threading.Thread):
             with self.client.pipeline(transaction=False) as pipe:
                 for out in outputs:
                     waiter = self._waiters[out.seq.id]
-                    if waiter.stream and out.delta:
-                        event = Event(type="delta", index=waiter.index, text=out.delta)
-                        pipe.publish(events_channel(waiter.job_id), event.model_dump_json(exclude_defaults=True))
+                    if waiter.reply_to and out.delta:
+                        event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=out.delta)
+                        pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
                 pipe.execute()
         except redis.RedisError as e:
             log.warning("could not publish deltas: %s", e)

@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 JOB_KEY = "llmhost:job:{}"
-EVENTS_CHANNEL = "llmhost:events:{}"
+REPLY_CHANNEL = "llmhost:replies:{}"
 
 # KEYS[1] job hash; ARGV[1] new status; ARGV[2] fallback ttl; ARGV[3..] field/value pairs.
 # The ttl the front chose at creation (field `ttl`) wins, so the front's setting decides expiry.
@@ -36,8 +36,9 @@ def job_key(job_id: str) -> str:
     return JOB_KEY.format(job_id)
 
 
-def events_channel(job_id: str) -> str:
-    return EVENTS_CHANNEL.format(job_id)
+def reply_channel(instance_id: str) -> str:
+    """The one channel an API process listens on for the events of all the jobs it waits for."""
+    return REPLY_CHANNEL.format(instance_id)
 
 
 def _transition_args(status: str, ttl: int, fields: dict[str, Any]) -> list[Any]:
@@ -105,5 +106,5 @@ class WorkerJobs:
         s = self._r.hget(job_key(job_id), "status")
         return s.decode() if s else None
 
-    def publish(self, job_id: str, event_json: str) -> None:
-        self._r.publish(events_channel(job_id), event_json)
+    def publish(self, channel: str, event_json: str) -> None:
+        self._r.publish(channel, event_json)

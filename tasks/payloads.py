@@ -38,24 +38,26 @@ class SamplingParams(BaseModel):
         return self.temperature == 0.0
 
 
-class GenerateJob(BaseModel):
-    """Either ``messages`` (a chat, templated by the model family) or ``prompts`` (raw text)."""
-
+class JobBase(BaseModel):
     job_id: str
     model: str
+    deadline: float = Field(description="unix time after which the job is not worth running")
+    # The pub/sub channel of the API process waiting on this job (None: nobody waits, e.g. /v1/jobs).
+    reply_to: Optional[str] = None
+
+
+class GenerateJob(JobBase):
+    """Either ``messages`` (a chat, templated by the model family) or ``prompts`` (raw text)."""
+
     messages: Optional[list[Message]] = None
     prompts: Optional[list[str]] = None
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream: bool = False
-    deadline: float = Field(description="unix time after which the job is not worth running")
 
 
-class EmbedJob(BaseModel):
-    job_id: str
-    model: str
+class EmbedJob(JobBase):
     inputs: list[str]
     dimensions: Optional[int] = None
-    deadline: float
 
 
 class LoadOptions(BaseModel):
@@ -68,11 +70,8 @@ class LoadOptions(BaseModel):
     torch_threads: int = Field(0, ge=0)
 
 
-class InitializeJob(BaseModel):
-    job_id: str
-    model: str
+class InitializeJob(JobBase):
     options: LoadOptions
-    deadline: float
 
 
 class Output(BaseModel):
@@ -100,6 +99,7 @@ class Event(BaseModel):
     """
 
     type: Literal["started", "delta", "done", "error"]
+    job: str = ""
     index: int = 0
     text: str = ""
     result: Optional[dict[str, Any]] = None

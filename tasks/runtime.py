@@ -21,8 +21,8 @@ from handlers.registry import detect_family, handler_class
 from .engine_loop import EngineLoop
 from .errors import JobError, server_error
 from .jobs import WorkerJobs
-from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, LoadOptions,
-                       Output)
+from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, JobBase,
+                       LoadOptions, Output)
 from .presence import Announcer
 from .settings import Settings
 
@@ -96,33 +96,36 @@ class WorkerRuntime:
             log.info("job %s skipped: %s", job_id, moved or "unknown job")
         return moved == "ok"
 
-    def _publish(self, job_id: str, event: Event) -> None:
-        self.jobs.publish(job_id, event.model_dump_json(exclude_defaults=True))
+    def _publish(self, job: JobBase, event: Event) -> None:
+        if job.reply_to:
+            event.job = job.job_id
+            self.jobs.publish(job.reply_to, event.model_dump_json(exclude_defaults=True))
 
-    def _finish(self, job_id: str, result: dict) -> None:
-        if self.jobs.move(job_id, "succeeded", result=result, finished_at=time.time()) == "ok":
-            self._publish(job_id, Event(type="done", result=result))
+    def _finish(self, job: JobBase, result: dict) -> None:
+        if self.jobs.move(job.job_id, "succeeded", result=result, finished_at=time.time()) == "ok":
+            self._publish(job, Event(type="done", result=result))
 
-    def _fail(self, job_id: str, error: JobError) -> None:
-        if self.jobs.move(job_id, "failed", error=error.to_dict(), finished_at=time.time()) == "ok":
-            self._publish(job_id, Event(type="error", error=error.to_dict()))
+    def _fail(self, job: JobBase, error: JobError) -> None:
+        if self.jobs.move(job.job_id, "failed", error=error.to_dict(), finished_at=time.time()) == "ok":
+            self._publish(job, Event(type="error", error=error.to_dict()))
 
-    def _run(self, job_id: str, deadline: float, body: Callable[[], dict | None]) -> None:
-        if not self._begin(job_id, deadline):
+    def _run(self, job: JobBase, body: Callable[[], dict | None]) -> None:
+        job_id = job.job_id
+        if not self._begin(job_id, job.deadline):
             return
         try:
             result = body()
         except JobError as e:
             log.info("job %s failed: %s", job_id, e.message)
-            self._fail(job_id, e)
+            self._fail(job, e)
         except Exception as e:  # noqa: BLE001 - a bug must still end the job in a definite state
             log.exception("job %s crashed", job_id)
-            self._fail(job_id, server_error(f"The worker failed on this request: {type(e).__name__}: {e}"))
+            self._fail(job, server_error(f"The worker failed on this request: {type(e).__name__}: {e}"))
         else:
             if result is not None:
-                self._finish(job_id, result)
+                self._finish(job, result)
             elif self.jobs.status(job_id) == "running":  # stopped by its deadline, not by a cancel
-                self._fail(job_id, JobError("The job ran past its deadline and was stopped.", status_code=504,
+                self._fail(job, JobError("The job ran past its deadline and was stopped.", status_code=504,
                                             type="timeout_error", code="request_timeout"))
 
     def _handler(self, kind: type[Handler]) -> Handler:
@@ -145,9 +148,11 @@ class WorkerRuntime:
             else:
                 prompts = [handler.encode_prompt(p) for p in job.prompts or []]
             budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]
-            self._publish(job.job_id, Event(type="started"))
+            if job.stream:  # a stream's HTTP status waits for this; a sync answer does not
+                self._publish(job, Event(type="started"))
             # Every prompt of the job joins the batch at once; the engine thread does the rest.
-            waiters = [self.loop.submit(job.job_id, i, ids, job.sampling, budget, job.stream, job.deadline)
+            reply_to = job.reply_to if job.stream else None
+            waiters = [self.loop.submit(job.job_id, i, ids, job.sampling, budget, reply_to, job.deadline)
                        for i, (ids, budget) in enumerate(zip(prompts, budgets))]
             for w in waiters:
                 w.done.wait()
@@ -161,7 +166,7 @@ class WorkerRuntime:
                 Output(index=i, text=s.text, finish_reason=s.finish_reason or "length",  # type: ignore[union-attr]
                        prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.token_ids))  # type: ignore[union-attr]
                 for i, s in enumerate(seqs)]).model_dump()
-        self._run(job.job_id, job.deadline, body)
+        self._run(job, body)
 
     def embed(self, job: EmbedJob) -> None:
         def body() -> dict:
@@ -170,7 +175,7 @@ class WorkerRuntime:
             with self._embed_lock:
                 vectors, tokens = handler.embed(job.inputs, job.dimensions)
             return EmbedResult(vectors=vectors, prompt_tokens=tokens).model_dump()
-        self._run(job.job_id, job.deadline, body)
+        self._run(job, body)
 
     def initialize(self, job: InitializeJob) -> None:
         """Reload this worker's model with new options; on failure, go back to the old ones.
@@ -194,7 +199,7 @@ class WorkerRuntime:
                 return self.loop.call_when_idle(reload)
             with self._embed_lock:
                 return reload()
-        self._run(job.job_id, job.deadline, body)
+        self._run(job, body)
 
 
 def _empty_cuda_cache() -> None:

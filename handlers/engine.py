@@ -4,8 +4,12 @@ when they finish, each with its own sampling parameters, stop conditions and tex
 A small state machine (after nano-vllm's ``step() = schedule → run → postprocess``):
 
 * ``waiting``: admitted requests not yet prefilled; ``running``: sequences in the batch.
-* ``step()``: prefill the waiting requests that fit (one left-padded forward for the group), merge
-  their KV cache into the running batch, then decode one token for every running sequence.
+* ``step()`` is either a prefill or a decode. A prefill takes the waiting requests that fit (batch
+  size, KV token budget, and a prefill chunk of ``max_prefill_tokens``), runs them as one left-padded
+  forward, emits their first tokens at once and merges their KV cache into the running batch. A
+  decode advances every running sequence by one token. Prefills come first, but never twice in a
+  row while sequences are running, so new arrivals get their first token quickly and running
+  streams are never starved by a burst of arrivals.
 
 The batch's KV cache is transformers' ordinary cache, left-padded: on CPU one forward over a padded
 batch is several times faster than the paged manager (PERF-NOTES). Joining pads the shorter side on
@@ -62,8 +66,11 @@ class StepOutput:
 
 
 class Engine:
-    def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768) -> None:
+    def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
+                 max_prefill_tokens: int = 512) -> None:
         self.handler = handler
+        self.max_prefill_tokens = max_prefill_tokens
+        self._prefilled_last = False
         self.model = handler.model
         self.device = handler.device
         self.max_batch = max(1, max_batch)
@@ -102,27 +109,29 @@ class Engine:
     # --- the step ---------------------------------------------------------------------------
 
     def step(self) -> list[StepOutput]:
-        outputs: list[StepOutput] = []
-        outputs += self._drop_aborted()
-        admitted = self._schedule()
+        outputs = self._drop_aborted()
+        admitted = [] if (self._prefilled_last and self.running) else self._schedule()
         with torch.inference_mode():
             if admitted:
                 outputs += self._prefill(admitted)
-            if self.running:
+            elif self.running:
                 outputs += self._decode()
+        self._prefilled_last = bool(admitted)
         return outputs
 
     def _schedule(self) -> list[Sequence]:
-        """Waiting requests that fit in the batch (count and KV token budget), in arrival order."""
+        """Waiting requests that fit (batch size, KV token budget, prefill chunk), in arrival order."""
         admitted: list[Sequence] = []
-        tokens = self.kv_tokens
+        tokens, chunk = self.kv_tokens, 0
         while self.waiting and len(self.running) + len(admitted) < self.max_batch:
-            seq = self.waiting[0]
-            need = len(seq.prompt_ids)
+            need = len(self.waiting[0].prompt_ids)
+            if admitted and chunk + need > self.max_prefill_tokens:
+                break  # the rest go in the next prefill
             if (self.running or admitted) and tokens + need > self.max_batch_tokens:
                 break  # wait for room; a lone request is always admitted
             admitted.append(self.waiting.popleft())
             tokens += need
+            chunk += need
         return admitted
 
     def _prefill(self, group: list[Sequence]) -> list[StepOutput]:

@@ -57,12 +57,12 @@ class _Call:
 
 
 class EngineLoop(threading.Thread):
-    def __init__(self, handler: ChatHandler, client: redis.Redis, max_batch: int, max_batch_tokens: int) -> None:
+    def __init__(self, handler: ChatHandler, client: redis.Redis, max_batch: int, max_batch_tokens: int,
+                 max_prefill_tokens: int) -> None:
         super().__init__(name="llmhost-engine", daemon=True)
         self.client = client
-        self.max_batch = max_batch
-        self.max_batch_tokens = max_batch_tokens
-        self.engine = Engine(handler, max_batch, max_batch_tokens)
+        self._limits = (max_batch, max_batch_tokens, max_prefill_tokens)
+        self.engine = Engine(handler, *self._limits)
         self._inbox: "queue.SimpleQueue[_Add | _Call | None]" = queue.SimpleQueue()
         self._waiters: dict[str, SeqWaiter] = {}
         self._last_cancel_check = 0.0
@@ -126,7 +126,7 @@ class EngineLoop(threading.Thread):
 
     def replace_engine(self, handler: ChatHandler) -> None:
         """On the loop thread, with the engine idle: serve a freshly loaded model."""
-        self.engine = Engine(handler, self.max_batch, self.max_batch_tokens)
+        self.engine = Engine(handler, *self._limits)
 
     def _step(self) -> None:
         self._check_cancelled()
@@ -140,7 +140,7 @@ class EngineLoop(threading.Thread):
                 waiter.error = err
                 waiter.done.set()
             self._waiters.clear()
-            self.engine = Engine(self.engine.handler, self.max_batch, self.max_batch_tokens)
+            self.engine = Engine(self.engine.handler, *self._limits)
             return
         if not outputs:
             return

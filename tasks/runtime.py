@@ -69,7 +69,8 @@ class WorkerRuntime:
         self.handler, self.options = handler, options
         if isinstance(handler, ChatHandler):
             if self.loop is None:
-                self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens)
+                self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens,
+                                       self.settings.max_prefill_tokens)
                 self.loop.start()
                 self.announcer.stats = self.loop.stats
             else:

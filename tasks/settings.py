@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     heartbeat_ttl: int = Field(10, gt=0)
     max_batch: int = Field(32, ge=1, description="sequences decoded together; 1 = one request at a time")
     max_batch_tokens: int = Field(32768, ge=16, description="prompt+generated tokens held in the KV cache before new sequences wait")
+    max_prefill_tokens: int = Field(512, ge=16, description="prompt tokens prefilled in one step (more wait for the next)")
 
     log_level: str = "INFO"
 

@@ -29,6 +29,7 @@ import torch
 
 from tasks.payloads import SamplingParams
 
+from .prefix_cache import KV, PrefixCache
 from .sampling import make_generator, next_token
 from .text import IncrementalDecoder, StopMatcher
 
@@ -67,8 +68,9 @@ class StepOutput:
 
 class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
-                 max_prefill_tokens: int = 512) -> None:
+                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096) -> None:
         self.handler = handler
+        self.prefix_cache = PrefixCache(max_tokens=prefix_cache_tokens) if prefix_cache_tokens else None
         self.max_prefill_tokens = max_prefill_tokens
         self._prefilled_last = False
         self.model = handler.model
@@ -135,12 +137,23 @@ class Engine:
         return admitted
 
     def _prefill(self, group: list[Sequence]) -> list[StepOutput]:
-        width = max(len(s.prompt_ids) for s in group)
+        """One forward for the group's prompts. A row whose prompt starts with a cached prefix
+        computes only the rest: its cache row is [pad | prefix | pad | rest], masked accordingly."""
+        hits = [self.prefix_cache.lookup(s.prompt_ids) if self.prefix_cache else (0, None) for s in group]
+        cached = [n for n, _ in hits]
+        rest = [s.prompt_ids[n:] for s, (n, _) in zip(group, hits)]
+        wp, ws = max(cached), max(len(r) for r in rest)
         pad = self.handler.pad_id
-        ids = torch.tensor([[pad] * (width - len(s.prompt_ids)) + s.prompt_ids for s in group], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in group], device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        ids = torch.tensor([[pad] * (ws - len(r)) + r for r in rest], device=self.device)
+        mask = torch.tensor([[0] * (wp - n) + [1] * n + [0] * (ws - len(r)) + [1] * len(r)
+                             for n, r in zip(cached, rest)], device=self.device)
+        positions = torch.tensor([[0] * (ws - len(r)) + list(range(n, n + len(r))) for n, r in zip(cached, rest)],
+                                 device=self.device)
+        past = self._past_for(hits, wp) if wp else None
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=past, use_cache=True,
+                         logits_to_keep=1)
+        if self.prefix_cache is not None:
+            self._remember_prefixes(group, out.cache, mask)
         lengths = mask.sum(-1)
         tokens = self._sample(group, out.logits[:, -1])
         outputs, keep = self._postprocess(group, tokens)
@@ -148,6 +161,38 @@ class Engine:
             idx = torch.tensor(keep, device=self.device)
             self._join(out.cache, mask, lengths, tokens, idx, [group[i] for i in keep])
         return outputs
+
+    def _past_for(self, hits: list[tuple[int, KV | None]], width: int):
+        """A cache holding each row's cached prefix, left-padded to ``width``."""
+        from transformers import DynamicCache
+
+        n_layers = len(next(kv for _, kv in hits if kv is not None))
+        layers = []
+        for layer in range(n_layers):
+            keys, values = [], []
+            for n, kv in hits:
+                if kv is None:
+                    ref_k, ref_v = next(kv for _, kv in hits if kv is not None)[layer]
+                    shape = (1, ref_k.shape[1], width, ref_k.shape[3])
+                    keys.append(torch.zeros(shape, dtype=ref_k.dtype, device=self.device))
+                    values.append(torch.zeros(shape, dtype=ref_v.dtype, device=self.device))
+                else:
+                    keys.append(_left_pad(kv[layer][0], width))
+                    values.append(_left_pad(kv[layer][1], width))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
+
+    def _remember_prefixes(self, group: list[Sequence], cache, mask: torch.Tensor) -> None:
+        """Store each prompt's block-aligned prefix from this prefill's cache rows."""
+        assert self.prefix_cache is not None
+        for row, seq in enumerate(group):
+            want = self.prefix_cache.usable_length(len(seq.prompt_ids))
+            if want <= 0:
+                continue
+            cols = mask[row].nonzero().flatten()[:want]  # the row's real tokens, in order
+            kv = [(layer.keys[row:row + 1].index_select(2, cols), layer.values[row:row + 1].index_select(2, cols))
+                  for layer in cache.layers]
+            self.prefix_cache.store(seq.prompt_ids, kv)
 
     def _decode(self) -> list[StepOutput]:
         assert self._mask is not None and self._lengths is not None and self._pending is not None
@@ -246,11 +291,12 @@ class Engine:
         idx = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(idx)
         self._mask, self._lengths, self._pending = self._mask[idx], self._lengths[idx], self._pending[idx]
-        trim = int((self._mask.shape[1] - self._mask.sum(-1)).min().item())
-        if trim:
-            self._mask = self._mask[:, trim:]
+        used = self._mask.any(dim=0)
+        if not bool(used.all()):  # columns that are padding in every remaining row
+            cols = used.nonzero().flatten()
+            self._mask = self._mask[:, cols]
             for layer in self._cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, trim:], layer.values[:, :, trim:]
+                layer.keys, layer.values = layer.keys.index_select(2, cols), layer.values.index_select(2, cols)
             _sync_layer_lengths(self._cache, self._mask.shape[1])
 
 

@@ -58,10 +58,10 @@ class _Call:
 
 class EngineLoop(threading.Thread):
     def __init__(self, handler: ChatHandler, client: redis.Redis, max_batch: int, max_batch_tokens: int,
-                 max_prefill_tokens: int) -> None:
+                 max_prefill_tokens: int, prefix_cache_tokens: int) -> None:
         super().__init__(name="llmhost-engine", daemon=True)
         self.client = client
-        self._limits = (max_batch, max_batch_tokens, max_prefill_tokens)
+        self._limits = (max_batch, max_batch_tokens, max_prefill_tokens, prefix_cache_tokens)
         self.engine = Engine(handler, *self._limits)
         self._inbox: "queue.SimpleQueue[_Add | _Call | None]" = queue.SimpleQueue()
         self._waiters: dict[str, SeqWaiter] = {}

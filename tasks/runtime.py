@@ -70,7 +70,7 @@ class WorkerRuntime:
         if isinstance(handler, ChatHandler):
             if self.loop is None:
                 self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens,
-                                       self.settings.max_prefill_tokens)
+                                       self.settings.max_prefill_tokens, self.settings.prefix_cache_tokens)
                 self.loop.start()
                 self.announcer.stats = self.loop.stats
             else:

@@ -97,3 +97,43 @@ def test_batch_size_and_token_budget_bound_admission(tiny_models):
     assert len(tight.running) == 1  # a lone request is admitted even when it alone fills the budget
     run_to_completion(tight)
     assert not tight.waiting
+
+
+def test_prefix_cache_hits_give_the_same_tokens(tiny_models):
+    h = load(tiny_models, TINY_CHATML, dtype="float32")
+    system = Message(role="system", content="You are a helpful assistant who answers briefly and kindly. " * 3)
+    convs = [[system, Message(role="user", content=p)] for p in PROMPTS[:4]]
+    ids = [h.encode_chat(c) for c in convs]
+    greedy = SamplingParams(temperature=0)
+    cold = Engine(h, max_batch=8, prefix_cache_tokens=0)
+    expected = [cold.add(str(i), x, greedy, 12) for i, x in enumerate(ids)]
+    run_to_completion(cold)
+    warm = Engine(h, max_batch=8)
+    first = warm.add("first", ids[0], greedy, 12)
+    run_to_completion(warm)  # its prefix is now cached
+    seqs = [warm.add(str(i), x, greedy, 12) for i, x in enumerate(ids)]
+    run_to_completion(warm)
+    assert warm.prefix_cache.hits >= len(ids) and warm.prefix_cache.hit_tokens >= 16 * len(ids)
+    assert first.token_ids == expected[0].token_ids
+    for seq, want in zip(seqs, expected):
+        assert seq.token_ids == want.token_ids and seq.text == want.text
+
+
+def test_prefix_cache_is_bounded_and_verified():
+    import torch
+
+    from handlers.prefix_cache import PrefixCache
+
+    def kv(n):
+        return [(torch.arange(n, dtype=torch.float32).view(1, 1, n, 1), torch.zeros(1, 1, n, 1))]
+
+    cache = PrefixCache(block=4, max_tokens=12)
+    a = list(range(10))            # usable prefix: 8 tokens
+    b = list(range(4)) + [99] * 6  # shares the first block with a
+    cache.store(a, kv(10))
+    n, got = cache.lookup(a + [5])
+    assert n == 8 and got[0][0].flatten().tolist() == list(range(8))
+    assert cache.lookup(b)[0] == 4  # only the shared block
+    cache.store(b, kv(10))          # 8 + 8 > 12 tokens: the older prompt goes
+    assert cache.lookup(a + [5])[0] == 4 and cache._tokens <= 12
+    assert cache.lookup([7, 7, 7, 7, 7])[0] == 0

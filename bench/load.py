@@ -187,10 +187,20 @@ class Server:
             self.proc.kill()
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM afresh, so the peak is what serving adds, not the load-time transient."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def measure(url: str, label: str, levels: list[int], rounds: int, max_tokens: int, samples: int) -> dict:
     pids = worker_pids(url)
-    rss_start = {p: rss_kib(p, "VmRSS") for p in pids}
     asyncio.run(run_level(url, 2, 1, 8))  # warm-up
+    rss_start = {p: rss_kib(p, "VmRSS") for p in pids}
+    for p in pids:
+        reset_peak_rss(p)
     results = []
     for c in levels:
         res = asyncio.run(run_level(url, c, rounds, max_tokens))
@@ -209,7 +219,8 @@ def print_table(run: dict) -> None:
     for r in run["results"]:
         print(f"{r.concurrency:>5} {r.req_s:>7.2f} {r.tok_s:>10.1f} {pct(r.ttft, 50):>9.0f} {pct(r.ttft, 99):>9.0f} "
               f"{pct(r.itl, 50):>8.1f} {pct(r.itl, 99):>8.1f} {r.errors:>7}")
-    print(f"worker RSS: {run['rss_start_mib']:.0f} MiB after load, peak {run['rss_peak_mib']:.0f} MiB")
+    print(f"worker RSS: {run['rss_start_mib']:.0f} MiB after warm-up, peak under load {run['rss_peak_mib']:.0f} MiB "
+          f"(+{run['rss_peak_mib'] - run['rss_start_mib']:.0f} MiB)")
 
 
 def plot(runs: list[dict], path: Path) -> None:

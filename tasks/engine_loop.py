@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import redis
+import torch
 
 from handlers.base import ChatHandler
 from handlers.engine import Engine, Sequence
@@ -95,6 +96,10 @@ class EngineLoop(threading.Thread):
     # --- the loop -----------------------------------------------------------------------------------
 
     def run(self) -> None:
+        threads = self.engine.handler.options.torch_threads
+        if threads:
+            # OpenMP's thread count is per calling thread: set it where the model actually runs.
+            torch.set_num_threads(threads)
         while True:
             try:
                 item = self._inbox.get(timeout=None if not self.engine.has_work() else 0)

@@ -27,9 +27,10 @@ def create_celery(settings: Settings) -> Celery:
         # Queues are per model and made on first use; nothing goes to a default queue.
         task_create_missing_queues=True,
         task_default_queue="llmhost.default",
-        # Flower reads task events.
+        # Flower reads task events from the workers (received/started/succeeded); the front sends
+        # no "sent" event: it would cost every request a publish on the hot path.
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
         worker_hijack_root_logger=False,

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 JOB_KEY = "llmhost:job:{}"
 REPLY_CHANNEL = "llmhost:replies:{}"
 
-# KEYS[1] job hash; ARGV[1] new status; ARGV[2] fallback ttl; ARGV[3..] field/value pairs.
+# KEYS[1] job hash, KEYS[2] optional channel; ARGV[1] new status; ARGV[2] fallback ttl; ARGV[3] the
+# message to publish on KEYS[2] when the move happens; ARGV[4..] field/value pairs.
 # The ttl the front chose at creation (field `ttl`) wins, so the front's setting decides expiry.
 # Returns "ok" when the move happened, otherwise the current status ("" for an unknown job).
 _TRANSITION = """
@@ -25,9 +26,10 @@ local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return '' end
 if cur == 'succeeded' or cur == 'failed' or cur == 'cancelled' then return cur end
 if ARGV[1] == 'running' and cur ~= 'queued' then return cur end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 4))
 local ttl = redis.call('HGET', KEYS[1], 'ttl') or ARGV[2]
 redis.call('EXPIRE', KEYS[1], tonumber(ttl))
+if KEYS[2] and ARGV[3] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[3]) end
 return 'ok'
 """
 
@@ -41,8 +43,8 @@ def reply_channel(instance_id: str) -> str:
     return REPLY_CHANNEL.format(instance_id)
 
 
-def _transition_args(status: str, ttl: int, fields: dict[str, Any]) -> list[Any]:
-    args: list[Any] = [status, ttl]
+def _transition_args(status: str, ttl: int, fields: dict[str, Any], message: str = "") -> list[Any]:
+    args: list[Any] = [status, ttl, message]
     for k, v in fields.items():
         args += [k, v if isinstance(v, (str, int, float)) else json.dumps(v)]
     return args
@@ -98,8 +100,11 @@ class WorkerJobs:
         self._ttl = ttl
         self._transition = client.register_script(_TRANSITION)
 
-    def move(self, job_id: str, status: str, **fields: Any) -> str:
-        res = self._transition(keys=[job_key(job_id)], args=_transition_args(status, self._ttl, fields))
+    def move(self, job_id: str, status: str, *, notify: tuple[str, str] | None = None, **fields: Any) -> str:
+        """Move the job; when it moved and ``notify`` is (channel, message), publish that in the same
+        atomic step (one round trip, and no event for a move that did not happen)."""
+        keys = [job_key(job_id)] + ([notify[0]] if notify else [])
+        res = self._transition(keys=keys, args=_transition_args(status, self._ttl, fields, notify[1] if notify else ""))
         return res.decode() if isinstance(res, bytes) else res
 
     def status(self, job_id: str) -> str | None:

@@ -97,18 +97,25 @@ class WorkerRuntime:
             log.info("job %s skipped: %s", job_id, moved or "unknown job")
         return moved == "ok"
 
+    @staticmethod
+    def _reply(job: JobBase, event: Event) -> tuple[str, str] | None:
+        """(channel, message) for ``event``, when someone waits on this job."""
+        if not job.reply_to:
+            return None
+        event.job = job.job_id
+        return job.reply_to, event.model_dump_json(exclude_defaults=True)
+
     def _publish(self, job: JobBase, event: Event) -> None:
-        if job.reply_to:
-            event.job = job.job_id
-            self.jobs.publish(job.reply_to, event.model_dump_json(exclude_defaults=True))
+        if (reply := self._reply(job, event)) is not None:
+            self.jobs.publish(*reply)
 
     def _finish(self, job: JobBase, result: dict) -> None:
-        if self.jobs.move(job.job_id, "succeeded", result=result, finished_at=time.time()) == "ok":
-            self._publish(job, Event(type="done", result=result))
+        self.jobs.move(job.job_id, "succeeded", notify=self._reply(job, Event(type="done", result=result)),
+                       result=result, finished_at=time.time())
 
     def _fail(self, job: JobBase, error: JobError) -> None:
-        if self.jobs.move(job.job_id, "failed", error=error.to_dict(), finished_at=time.time()) == "ok":
-            self._publish(job, Event(type="error", error=error.to_dict()))
+        self.jobs.move(job.job_id, "failed", notify=self._reply(job, Event(type="error", error=error.to_dict())),
+                       error=error.to_dict(), finished_at=time.time())
 
     def _run(self, job: JobBase, body: Callable[[], dict | None]) -> None:
         job_id = job.job_id

@@ -8,7 +8,9 @@ in token ids and native types; JSON and HTTP stay in the front.
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -59,6 +61,8 @@ class ChatHandler(Handler):
         # Filler for left padding in batches; masked out, so any id the embedding table has will do.
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
+        self._grammars: Any = None  # structured-output compiler, made on first use
+        self._grammar_lock = threading.Lock()  # pool threads compile concurrently
         log.info("loaded %s (%s) on %s as %s, context %d, stop ids %s",
                  self.model_id, self.family, self.device, self.dtype, self.max_context, sorted(self.stop_ids))
 
@@ -93,6 +97,25 @@ class ChatHandler(Handler):
         # again is the classic doubled-BOS bug.
         return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
 
+    def compile_constraint(self, constraint: dict[str, Any] | None) -> Any:
+        """The compiled grammar of a structured-output request (cached per schema), or None."""
+        if constraint is None:
+            return None
+        try:
+            from .constraints import GrammarCompiler, UnsupportedSchema
+        except ImportError:
+            raise invalid_request("Structured output is not available on this worker.", param="response_format") from None
+        try:
+            with self._grammar_lock:
+                if self._grammars is None:
+                    self._grammars = GrammarCompiler(self.tokenizer, int(self.model.config.vocab_size), self.stop_ids)
+                if constraint.get("type") == "json_object":
+                    return self._grammars.json_object()
+                return self._grammars.json_schema(constraint.get("schema") or {})
+        except UnsupportedSchema as e:
+            raise invalid_request(f"The JSON schema uses a feature that cannot be enforced: {e}",
+                                  param="response_format") from None
+
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt, add_special_tokens=True)
 
@@ -118,6 +141,20 @@ class ChatHandler(Handler):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    def describe_token(self, token_id: int) -> tuple[str, list[int]]:
+        """A token's text and its exact bytes. A token holding part of a UTF-8 character decodes
+        to U+FFFD; its true bytes come from the vocabulary piece (byte-level BPE or <0xNN>)."""
+        text = self.tokenizer.decode([token_id])
+        if "\ufffd" not in text:
+            return text, list(text.encode("utf-8"))
+        piece = self.tokenizer.convert_ids_to_tokens(token_id) or ""
+        if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+            return text, [int(piece[3:5], 16)]
+        table = _byte_decoder()
+        if piece and all(ch in table for ch in piece):
+            return text, [table[ch] for ch in piece]
+        return text, list(text.encode("utf-8"))
+
     # --- internals ---------------------------------------------------------------------------
 
     def _context_length(self) -> int:
@@ -141,6 +178,19 @@ class ChatHandler(Handler):
         vocab = self.tokenizer.get_vocab()
         ids.update(vocab[t] for t in self.stop_tokens if t in vocab)
         return ids
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's byte → printable-character table used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
 
 
 class Generation:

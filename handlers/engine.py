@@ -21,16 +21,16 @@ a finished or aborted sequence are dropped at once.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tasks.payloads import SamplingParams
+from tasks.payloads import SamplingParams, TokenLogprob
 
 from .prefix_cache import KV, PrefixCache
-from .sampling import make_generator, next_token
+from .sampling import apply_penalties, choose, make_generator, prompt_logprobs, token_logprob
 from .text import IncrementalDecoder, StopMatcher
 
 if TYPE_CHECKING:
@@ -53,6 +53,12 @@ class Sequence:
     decoder: IncrementalDecoder | None = None
     stops: StopMatcher | None = None
     generator: torch.Generator | None = None
+    matcher: Any = None  # structured output (handlers/constraints.py), None when unconstrained
+    output_counts: Counter = field(default_factory=Counter)
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+    _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+    _last_logprob: TokenLogprob | None = None
 
     @property
     def text(self) -> str:
@@ -64,6 +70,7 @@ class StepOutput:
     seq: Sequence
     delta: str
     finished: bool
+    logprobs: list[TokenLogprob] | None = None  # of the tokens behind ``delta``
 
 
 class Engine:
@@ -88,11 +95,14 @@ class Engine:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams, max_tokens: int) -> Sequence:
+    def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
+            grammar: Any = None) -> Sequence:
         seq = Sequence(seq_id, list(prompt_ids), params, max_tokens)
         seq.decoder = IncrementalDecoder(self.handler.decode, seq.prompt_ids[-_DECODE_CONTEXT:])
         seq.stops = StopMatcher(params.stop)
         seq.generator = make_generator(params, self.device)
+        seq.matcher = grammar.matcher() if grammar is not None else None
+        seq.logprobs = [] if params.logprobs is not None else None
         self.waiting.append(seq)
         return seq
 
@@ -126,7 +136,12 @@ class Engine:
         admitted: list[Sequence] = []
         tokens, chunk = self.kv_tokens, 0
         while self.waiting and len(self.running) + len(admitted) < self.max_batch:
-            need = len(self.waiting[0].prompt_ids)
+            head = self.waiting[0]
+            need = len(head.prompt_ids)
+            if head.params.prompt_logprobs is not None:
+                if not admitted:  # it needs logits at every prompt position: prefilled alone
+                    admitted.append(self.waiting.popleft())
+                break
             if admitted and chunk + need > self.max_prefill_tokens:
                 break  # the rest go in the next prefill
             if (self.running or admitted) and tokens + need > self.max_batch_tokens:
@@ -139,7 +154,9 @@ class Engine:
     def _prefill(self, group: list[Sequence]) -> list[StepOutput]:
         """One forward for the group's prompts. A row whose prompt starts with a cached prefix
         computes only the rest: its cache row is [pad | prefix | pad | rest], masked accordingly."""
-        hits = [self.prefix_cache.lookup(s.prompt_ids) if self.prefix_cache else (0, None) for s in group]
+        echo = group[0].params.prompt_logprobs is not None  # then the group is that one sequence
+        use_cache = self.prefix_cache is not None and not echo
+        hits = [self.prefix_cache.lookup(s.prompt_ids) if use_cache else (0, None) for s in group]
         cached = [n for n, _ in hits]
         rest = [s.prompt_ids[n:] for s, (n, _) in zip(group, hits)]
         wp, ws = max(cached), max(len(r) for r in rest)
@@ -151,7 +168,11 @@ class Engine:
                                  device=self.device)
         past = self._past_for(hits, wp) if wp else None
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=past, use_cache=True,
-                         logits_to_keep=1)
+                         logits_to_keep=0 if echo else 1)
+        if echo:
+            seq = group[0]
+            seq.prompt_logprobs = prompt_logprobs(out.logits[0], seq.prompt_ids, seq.params.prompt_logprobs or 0,
+                                                  self.handler.describe_token)
         if self.prefix_cache is not None:
             self._remember_prefixes(group, out.cache, mask)
         lengths = mask.sum(-1)
@@ -212,23 +233,37 @@ class Engine:
     # --- sampling and text ------------------------------------------------------------------------
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
-        greedy = torch.argmax(logits, dim=-1)
-        chosen = greedy.tolist()
+        """One token per row; rows with plain greedy parameters share one batched argmax."""
+        chosen = torch.argmax(logits, dim=-1).tolist()
         for i, seq in enumerate(seqs):
-            if not seq.params.greedy:
-                chosen[i] = next_token(logits[i], seq.params, seq.generator)
+            p = seq.params
+            if not (p.greedy and p.plain):
+                row = logits[i].float()
+                if not p.plain:
+                    row = apply_penalties(row.clone(), p, seq.prompt_ids, seq.output_counts)
+                    if seq.matcher is not None:
+                        seq.matcher.mask_logits(row)
+                chosen[i] = choose(row, p, seq.generator)
+            if p.logprobs is not None:
+                seq._last_logprob = token_logprob(logits[i], chosen[i], p.logprobs, self.handler.describe_token)
         return torch.tensor(chosen, device=self.device)
 
     def _postprocess(self, seqs: list[Sequence], tokens: torch.Tensor) -> tuple[list[StepOutput], list[int]]:
         """Feed each sampled token to its sequence; return outputs and the rows that go on."""
         outputs, keep = [], []
-        stop_ids = self.handler.stop_ids
         for i, (seq, token) in enumerate(zip(seqs, tokens.tolist())):
             delta = ""
-            if token in stop_ids:
+            p = seq.params
+            if token in p.stop_token_ids or (token in self.handler.stop_ids and not p.ignore_eos):
                 seq.finish_reason = "stop"
             else:
                 seq.token_ids.append(token)
+                seq.output_counts[token] += 1
+                if seq.matcher is not None:
+                    seq.matcher.accept(token)
+                if seq.logprobs is not None and seq._last_logprob is not None:
+                    seq.logprobs.append(seq._last_logprob)
+                    seq._unsent_logprobs.append(seq._last_logprob)
                 delta = seq.stops.feed(seq.decoder.push(token))  # type: ignore[union-attr]
                 if seq.stops.stopped:  # type: ignore[union-attr]
                     seq.finish_reason = "stop"
@@ -236,12 +271,20 @@ class Engine:
                     seq.finish_reason = "length"
             if seq.finish_reason:
                 delta += seq.stops.flush()  # type: ignore[union-attr]
-                outputs.append(StepOutput(seq, delta, True))
+                outputs.append(StepOutput(seq, delta, True, self._take_logprobs(seq)))
             else:
                 keep.append(i)
                 if delta:
-                    outputs.append(StepOutput(seq, delta, False))
+                    outputs.append(StepOutput(seq, delta, False, self._take_logprobs(seq)))
         return outputs, keep
+
+    @staticmethod
+    def _take_logprobs(seq: Sequence) -> list[TokenLogprob] | None:
+        """The logprobs of the tokens whose text goes out with this delta."""
+        if seq.logprobs is None:
+            return None
+        taken, seq._unsent_logprobs = seq._unsent_logprobs, []
+        return taken
 
     def _drop_aborted(self) -> list[StepOutput]:
         outputs = []

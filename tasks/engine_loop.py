@@ -47,6 +47,7 @@ class _Add:
     prompt_ids: list[int]
     params: SamplingParams
     max_tokens: int
+    grammar: Any = None
 
 
 @dataclass
@@ -77,9 +78,9 @@ class EngineLoop(threading.Thread):
     # --- called from Celery's pool threads --------------------------------------------------------
 
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-               reply_to: str | None, deadline: float) -> SeqWaiter:
+               reply_to: str | None, deadline: float, grammar: Any = None) -> SeqWaiter:
         waiter = SeqWaiter(job_id, index, reply_to, deadline)
-        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens))
+        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar))
         return waiter
 
     def call_when_idle(self, fn: Callable[[], Any]) -> Any:
@@ -122,7 +123,12 @@ class EngineLoop(threading.Thread):
     def _add(self, item: _Add) -> None:
         self._seq_counter += 1
         seq_id = f"{item.waiter.job_id}#{item.waiter.index}#{self._seq_counter}"
-        item.waiter.seq = self.engine.add(seq_id, item.prompt_ids, item.params, item.max_tokens)
+        try:
+            item.waiter.seq = self.engine.add(seq_id, item.prompt_ids, item.params, item.max_tokens, item.grammar)
+        except Exception as e:  # noqa: BLE001 - e.g. a matcher that cannot be made: fail this one only
+            item.waiter.error = server_error(f"Could not start this sequence: {type(e).__name__}: {e}")
+            item.waiter.done.set()
+            return
         self._waiters[seq_id] = item.waiter
 
     def _drain(self) -> None:
@@ -153,8 +159,9 @@ class EngineLoop(threading.Thread):
             with self.client.pipeline(transaction=False) as pipe:
                 for out in outputs:
                     waiter = self._waiters[out.seq.id]
-                    if waiter.reply_to and out.delta:
-                        event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=out.delta)
+                    if waiter.reply_to and (out.delta or out.logprobs):
+                        event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=out.delta,
+                                      logprobs=out.logprobs or None)
                         pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
                 pipe.execute()
         except redis.RedisError as e:

@@ -27,15 +27,35 @@ class Message(BaseModel):
 
 
 class SamplingParams(BaseModel):
+    """Per-sequence decoding parameters, resolved by the front (request > defaults) in one place."""
+
     max_tokens: Optional[int] = Field(None, ge=1, description="None = until the context is full")
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
     seed: Optional[int] = None
     stop: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=20, description="top alternatives per token; None = no logprobs")
+    prompt_logprobs: Optional[int] = Field(None, ge=0, le=20, description="logprobs of the prompt's own tokens (echo)")
+    # Structured output: {"type": "json_object"} or {"type": "json_schema", "schema": {...}}.
+    constraint: Optional[dict[str, Any]] = None
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def plain(self) -> bool:
+        """Nothing but temperature/top_p: the fast path of the sampler."""
+        return (not self.top_k and not self.min_p and not self.presence_penalty and not self.frequency_penalty
+                and self.repetition_penalty == 1.0 and not self.logit_bias and self.constraint is None)
 
 
 class JobBase(BaseModel):
@@ -44,6 +64,8 @@ class JobBase(BaseModel):
     deadline: float = Field(description="unix time after which the job is not worth running")
     # The pub/sub channel of the API process waiting on this job (None: nobody waits, e.g. /v1/jobs).
     reply_to: Optional[str] = None
+    # The X-Request-ID of the HTTP request that made the job, for the worker's log lines.
+    request_id: Optional[str] = None
 
 
 class GenerateJob(JobBase):
@@ -51,6 +73,8 @@ class GenerateJob(JobBase):
 
     messages: Optional[list[Message]] = None
     prompts: Optional[list[str]] = None
+    n: int = Field(1, ge=1, le=128, description="choices per prompt; choice i of prompt p has index p * n + i")
+    echo: bool = False
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream: bool = False
 
@@ -74,16 +98,30 @@ class InitializeJob(JobBase):
     options: LoadOptions
 
 
+class TokenLogprob(BaseModel):
+    """One position: the token (text and exact bytes), its log-probability, and the most likely
+    alternatives as (text, logprob, bytes)."""
+
+    token: str
+    logprob: Optional[float]  # None for the first prompt token (nothing predicts it)
+    bytes: list[int] = Field(default_factory=list)
+    top: list[tuple[str, float, list[int]]] = Field(default_factory=list)
+
+
 class Output(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length", "cancelled"]
     prompt_tokens: int
     completion_tokens: int
+    logprobs: Optional[list[TokenLogprob]] = None
+    prompt_logprobs: Optional[list[TokenLogprob]] = None
+    prompt_text: Optional[str] = None  # echo
 
 
 class GenerateResult(BaseModel):
     outputs: list[Output]
+    n: int = 1  # choices per prompt: outputs p*n .. p*n+n-1 share prompt p
 
 
 class EmbedResult(BaseModel):
@@ -102,5 +140,6 @@ class Event(BaseModel):
     job: str = ""
     index: int = 0
     text: str = ""
+    logprobs: Optional[list[TokenLogprob]] = None
     result: Optional[dict[str, Any]] = None
     error: Optional[dict[str, Any]] = None

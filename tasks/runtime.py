@@ -22,7 +22,7 @@ from .engine_loop import EngineLoop
 from .errors import JobError, server_error
 from .jobs import WorkerJobs
 from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, JobBase,
-                       LoadOptions, Output)
+                       LoadOptions, Output, SamplingParams)
 from .presence import Announcer
 from .settings import Settings
 
@@ -152,28 +152,40 @@ class WorkerRuntime:
             handler = self._handler(ChatHandler)
             assert isinstance(handler, ChatHandler) and self.loop is not None
             if job.messages is not None:
-                prompts = [handler.encode_chat(job.messages)]
+                texts, prompts = [None], [handler.encode_chat(job.messages)]
             else:
-                prompts = [handler.encode_prompt(p) for p in job.prompts or []]
+                texts = list(job.prompts or [])
+                prompts = [handler.encode_prompt(p) for p in texts]
             budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]
+            # Compiled here, in a pool thread: a slow schema never stalls the batch on the engine thread.
+            grammar = handler.compile_constraint(job.sampling.constraint)
             if job.stream:  # a stream's HTTP status waits for this; a sync answer does not
                 self._publish(job, Event(type="started"))
-            # Every prompt of the job joins the batch at once; the engine thread does the rest.
             reply_to = job.reply_to if job.stream else None
-            waiters = [self.loop.submit(job.job_id, i, ids, job.sampling, budget, reply_to, job.deadline)
-                       for i, (ids, budget) in enumerate(zip(prompts, budgets))]
+            # Every sequence of the job joins the batch at once; the engine thread does the rest.
+            waiters = []
+            for p, (ids, budget) in enumerate(zip(prompts, budgets)):
+                for choice in range(job.n):
+                    waiters.append(self.loop.submit(job.job_id, p * job.n + choice, ids, choice_params(job, choice),
+                                                    budget, reply_to, job.deadline, grammar))
             for w in waiters:
                 w.done.wait()
             if (err := next((w.error for w in waiters if w.error), None)) is not None:
                 raise err
-            seqs = [w.seq for w in waiters]
-            if any(s is None or s.finish_reason == "cancelled" for s in seqs):
+            if any(w.seq is None or w.seq.finish_reason == "cancelled" for w in waiters):
                 log.info("job %s cancelled", job.job_id)
                 return None
-            return GenerateResult(outputs=[
-                Output(index=i, text=s.text, finish_reason=s.finish_reason or "length",  # type: ignore[union-attr]
-                       prompt_tokens=len(s.prompt_ids), completion_tokens=len(s.token_ids))  # type: ignore[union-attr]
-                for i, s in enumerate(seqs)]).model_dump()
+            outputs = []
+            for w in waiters:
+                seq, prompt_text = w.seq, texts[w.index // job.n]
+                assert seq is not None
+                echo = job.echo and prompt_text is not None
+                outputs.append(Output(
+                    index=w.index, text=(prompt_text + seq.text) if echo else seq.text,  # type: ignore[operator]
+                    finish_reason=seq.finish_reason or "length", prompt_tokens=len(seq.prompt_ids),
+                    completion_tokens=len(seq.token_ids), logprobs=seq.logprobs,
+                    prompt_logprobs=seq.prompt_logprobs if echo else None, prompt_text=prompt_text if echo else None))
+            return GenerateResult(outputs=outputs, n=job.n).model_dump()
         self._run(job, body)
 
     def embed(self, job: EmbedJob) -> None:
@@ -208,6 +220,13 @@ class WorkerRuntime:
             with self._embed_lock:
                 return reload()
         self._run(job, body)
+
+
+def choice_params(job: GenerateJob, choice: int) -> SamplingParams:
+    """Each of the ``n`` choices draws from its own seed, so seeded choices differ but repeat."""
+    if choice == 0 or job.sampling.seed is None:
+        return job.sampling
+    return job.sampling.model_copy(update={"seed": job.sampling.seed + choice})
 
 
 def _empty_cuda_cache() -> None:

@@ -7,24 +7,30 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from tasks.celery_app import create_celery
 from tasks.client import JobClient
-from tasks.errors import JobError
 from tasks.logging_setup import setup_logging
 from tasks.settings import Settings, get_settings
 
-from .errors import error_response, register_error_handlers
+from . import metrics as metrics_routes
+from .errors import register_error_handlers
 from .gateway import Gateway
+from .metrics import Metrics
+from .middleware import REQUEST_ID_HEADER, BodyLimitMiddleware, RequestContextMiddleware
 from .routes import jobs, legacy, openai, system
+from .security import ApiKeyMiddleware, load_api_keys
 
 log = logging.getLogger("llmhost.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, context={"service": "api"})
+    api_keys = load_api_keys(settings)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -33,8 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery = create_celery(settings)
         jobs = JobClient(client, celery, settings.job_ttl)
         await jobs.hub.start()
-        app.state.gateway = Gateway(settings, client, jobs)
-        log.info("LLM-Host API: models in %s, queue at %s", settings.models_dir, settings.redis_url)
+        app.state.gateway = Gateway(settings, client, jobs, metrics)
+        log.info("LLM-Host API: models in %s, queue at %s, %s, CORS %s", settings.models_dir, _redacted(settings.redis_url),
+                 f"{len(api_keys)} API key(s)" if api_keys else "no API keys (open)",
+                 ", ".join(settings.cors_origins) if settings.cors_origins else "off")
         try:
             yield
         finally:
@@ -44,16 +52,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="LLM-Host", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server for local Hugging Face models.")
     app.state.settings = settings
+    app.state.metrics = metrics
     register_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            return error_response(JobError(f"Request body larger than {settings.max_body_bytes} bytes.",
-                                           status_code=413, code="request_too_large"))
-        return await call_next(request)
+    # Added innermost first: request context (id, logs, metrics) → CORS → API keys → body limit → routes.
+    # CORS sits outside the key check so that browsers' preflights (which carry no key) are answered.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    for module in (openai, jobs, legacy, system):
+    for module in (openai, jobs, legacy, system, metrics_routes):
         app.include_router(module.router)
     return app
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for the log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -8,6 +8,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.errors import JobError
@@ -33,6 +34,16 @@ def _loc_to_param(loc: tuple) -> str:
     return out
 
 
+def from_validation_error(exc: ValidationError, prefix: str = "") -> JobError:
+    """A pydantic error raised outside FastAPI's own validation (a body parsed in two steps) → 400."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param = _loc_to_param(tuple(first.get("loc", ())))
+    param = f"{prefix}.{param}" if prefix and param else (prefix or param)
+    msg = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+    return JobError(msg, status_code=400, param=param or None, code="invalid_value")
+
+
 def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobError)
     async def _job_error(_: Request, exc: JobError) -> JSONResponse:
@@ -56,7 +67,8 @@ def register_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return error_response(JobError(message, status_code=exc.status_code, type=kind))
+        return error_response(JobError(message, status_code=exc.status_code, type=kind, code=getattr(exc, "code", None),
+                                       headers=dict(exc.headers or {}) or None))
 
     @app.exception_handler(redis.RedisError)
     async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
@@ -66,6 +78,9 @@ def register_error_handlers(app: FastAPI) -> None:
                                        headers={"Retry-After": "2"}))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Answered by the server-error layer, outside the request-id middleware: add the id here.
         log.exception("unhandled error")
-        return error_response(JobError(f"Internal server error: {type(exc).__name__}", status_code=500, type="server_error"))
+        rid = getattr(request.state, "request_id", None)
+        return error_response(JobError(f"Internal server error: {type(exc).__name__}", status_code=500, type="server_error",
+                                       headers={"X-Request-ID": rid} if rid else None))

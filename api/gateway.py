@@ -16,12 +16,16 @@ from pydantic import BaseModel
 from tasks.catalog import list_models, resolve
 from tasks.client import JobClient, JobWatch, new_job_id
 from tasks.errors import JobError
+from tasks.logging_setup import bind, request_id_var
 from tasks.payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, EmbedResult, GenerateJob,
                             GenerateResult, InitializeJob, LoadOptions)
 from tasks.presence import WorkerInfo
 from tasks.settings import Settings
 
 from . import responses
+from .guards import stable_sampling
+from .metrics import JobTracker, Metrics
+from .overload import check_queue
 from .schemas.chat import ChatCompletionRequest
 from .schemas.completions import CompletionRequest
 from .schemas.embeddings import EmbeddingRequest
@@ -35,13 +39,16 @@ class Submitted:
     created: int
     model: str
     watch: JobWatch
+    tracker: JobTracker
 
 
 class Gateway:
-    def __init__(self, settings: Settings, redis_client: aioredis.Redis, jobs: JobClient) -> None:
+    def __init__(self, settings: Settings, redis_client: aioredis.Redis, jobs: JobClient,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.redis = redis_client
         self.jobs = jobs
+        self.metrics = metrics or Metrics()
 
     # --- models and workers ----------------------------------------------------------------
 
@@ -96,33 +103,50 @@ class Gateway:
     def chat_job(self, req: ChatCompletionRequest, job_id: str, deadline: float) -> GenerateJob:
         req.check()
         return GenerateJob(job_id=job_id, model=req.model, messages=req.to_messages(),
-                           sampling=req.sampling(req.max_new_tokens), stream=req.stream, deadline=deadline)
+                           sampling=stable_sampling(req.sampling(req.max_new_tokens)), stream=req.stream,
+                           deadline=deadline, request_id=request_id_var.get())
 
     def completion_job(self, req: CompletionRequest, job_id: str, deadline: float) -> GenerateJob:
         req.check()
         return GenerateJob(job_id=job_id, model=req.model, prompts=req.prompts(),
-                           sampling=req.sampling(req.max_tokens), stream=req.stream, deadline=deadline)
+                           sampling=stable_sampling(req.sampling(req.max_tokens)), stream=req.stream,
+                           deadline=deadline, request_id=request_id_var.get())
 
     def embed_job(self, req: EmbeddingRequest, job_id: str, deadline: float) -> EmbedJob:
         req.check()
-        return EmbedJob(job_id=job_id, model=req.model, inputs=req.inputs(), dimensions=req.dimensions, deadline=deadline)
+        return EmbedJob(job_id=job_id, model=req.model, inputs=req.inputs(), dimensions=req.dimensions, deadline=deadline,
+                        request_id=request_id_var.get())
+
+    async def _admit(self, job: BaseModel) -> None:
+        """Refuse at once (429) when the model's queue is full; bind the job id for the log lines."""
+        await check_queue(self.redis, job.model, self.settings.max_queue_depth)  # type: ignore[attr-defined]
+        bind(job_id=job.job_id)  # type: ignore[attr-defined]
 
     async def _submit(self, task: str, job: BaseModel, endpoint: str, kind: str, meta: dict[str, Any]) -> Submitted:
         """Check, subscribe, enqueue, and wait until the worker accepted the job (or failed it)."""
         await self.ensure_served(job.model, kind)  # type: ignore[attr-defined]
+        await self._admit(job)
+        tracker = self.metrics.track(endpoint, job.model)  # type: ignore[attr-defined]
         watch = await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=True)
         assert watch is not None
-        return Submitted(job.job_id, int(time.time()), job.model, watch)  # type: ignore[attr-defined]
+        return Submitted(job.job_id, int(time.time()), job.model, watch, tracker)  # type: ignore[attr-defined]
 
     async def run_to_end(self, sub: Submitted) -> dict[str, Any]:
         """Wait for the final result of a submitted job; raise its error."""
-        async with sub.watch as watch:
-            while True:
-                event = await watch.next()
-                if event.type == "done":
-                    return event.result or {}
-                if event.type == "error":
-                    raise JobError.from_dict(event.error or {})
+        try:
+            async with sub.watch as watch:
+                while True:
+                    event = await watch.next()
+                    if event.type == "done":
+                        sub.tracker.succeeded(event.result)
+                        return event.result or {}
+                    if event.type == "error":
+                        raise JobError.from_dict(event.error or {})
+        except JobError as e:
+            sub.tracker.failed(e)
+            raise
+        finally:
+            sub.tracker.cancelled()  # the client left (no-op when an outcome is already counted)
 
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         job = self.chat_job(req, new_job_id("chatcmpl"), self._deadline())
@@ -154,12 +178,15 @@ class Gateway:
         sub = await self._submit(TASK_GENERATE, job, endpoint, "chat", {})
         try:
             first = await sub.watch.next()
-        except BaseException:
+        except BaseException as e:
+            sub.tracker.failed(e) if isinstance(e, JobError) else sub.tracker.cancelled()
             await sub.watch.__aexit__(None, None, None)
             raise
         if first.type == "error":
             await sub.watch.close()
-            raise JobError.from_dict(first.error or {})
+            err = JobError.from_dict(first.error or {})
+            sub.tracker.failed(err)
+            raise err
         if first.type != "started":
             sub.watch.push_back(first)
         return sub
@@ -183,6 +210,7 @@ class Gateway:
 
     async def _submit_background(self, task: str, job: BaseModel, endpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
         """Enqueue without waiting; the answer describes the job as accepted (queued)."""
+        await self._admit(job)
         await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=False)
         return {"id": job.job_id, "object": "job", "status": "queued", "endpoint": endpoint,  # type: ignore[attr-defined]
                 "model": job.model, "created_at": int(time.time()), "started_at": None,  # type: ignore[attr-defined]
@@ -193,7 +221,7 @@ class Gateway:
         if not [w for w in await self.workers() if w.model == model]:
             await self.ensure_served(model, "")
         job = InitializeJob(job_id=new_job_id("init"), model=model, options=options,
-                            deadline=time.time() + self.settings.job_ttl)
+                            deadline=time.time() + self.settings.job_ttl, request_id=request_id_var.get())
         return await self._submit_background(TASK_INITIALIZE, job, "initialize", {})
 
     async def job_view(self, job_id: str) -> dict[str, Any]:

@@ -48,6 +48,7 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
         return _data({**base, "choices": choices, **extra})
 
+    tracker = sub.tracker
     async with sub.watch as watch:
         try:
             if shape.chat:
@@ -55,8 +56,10 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
             while True:
                 event = await watch.next()
                 if event.type == "delta":
+                    tracker.delta(event.index)
                     yield chunk([shape.choice(event.index, event.text, None)])
                 elif event.type == "done":
+                    tracker.succeeded(event.result)
                     result = GenerateResult.model_validate(event.result or {})
                     for o in result.outputs:
                         yield chunk([shape.choice(o.index, None if shape.chat else "", o.finish_reason)])
@@ -65,8 +68,13 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
                         yield chunk([], usage=usage(prompt, sum(o.completion_tokens for o in result.outputs)))
                     break
                 elif event.type == "error":
-                    yield _data(JobError.from_dict(event.error or {}).envelope())
+                    err = JobError.from_dict(event.error or {})
+                    tracker.failed(err)
+                    yield _data(err.envelope())
                     break
         except JobError as e:  # timeout or lost worker while streaming
+            tracker.failed(e)
             yield _data(e.envelope())
+        finally:
+            tracker.cancelled()  # the client went away (no-op when the job already has an outcome)
         yield {"data": "[DONE]"}

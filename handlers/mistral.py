@@ -41,7 +41,7 @@ class MistralHandler(ChatHandler):
                 raise invalid_request(
                     "Mistral models need conversation roles to alternate user/assistant/user/… starting with user; "
                     f"turn {i} is `{m.role}` where `{expected}` was expected.", param="messages")
-        if turns[-1].role != "user":
+        if not turns or turns[-1].role != "user":
             raise invalid_request("Mistral models need the last message to be from the user.", param="messages")
 
     def builtin_template(self, messages: Sequence[Message]) -> str:

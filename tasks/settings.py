@@ -6,18 +6,20 @@ environment at import time; call :func:`get_settings` (or build ``Settings(...)`
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMHOST_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a bad value is named, never echoed (it may be an API key).
+    model_config = SettingsConfigDict(env_prefix="LLMHOST_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     # Where things are.
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -51,9 +53,39 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("models_dir", "state_dir")
+    # --- operations and security ---
+    # API keys: a JSON list or a comma-separated list (LLMHOST_API_KEYS), and/or a file with one key
+    # per line (`#` starts a comment line). Any key configured → every route but GET /health needs
+    # `Authorization: Bearer <key>`. Kept out of repr so that logging the settings never shows them.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    api_keys_file: Optional[Path] = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="CORS off when empty")
+    log_format: Literal["json", "text"] = "json"
+    log_prompts: bool = Field(False, description="prompts and outputs are never logged unless true")
+    max_queue_depth: int = Field(256, ge=0, description="jobs waiting in one model's queue before 429; 0 = unlimited")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
-    def _absolute(cls, v: Path) -> Path:
+    def _string_list(cls, v: Any) -> Any:
+        """A JSON list (``["a","b"]``) or a comma-separated string (``a, b``); blanks dropped."""
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("["):
+                try:
+                    v = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"not a valid JSON list ({e.msg}); use a JSON list or comma-separated values") from None
+            else:
+                v = text.split(",")
+        if isinstance(v, (list, tuple)):
+            return [s.strip() if isinstance(s, str) else s for s in v if not (isinstance(s, str) and not s.strip())]
+        return v
+
+    @field_validator("models_dir", "state_dir", "api_keys_file")
+    @classmethod
+    def _absolute(cls, v: Optional[Path]) -> Optional[Path]:
+        if v is None:
+            return None
         return v if v.is_absolute() else (PROJECT_ROOT / v)
 
     @field_validator("heartbeat_ttl")
@@ -63,6 +95,23 @@ class Settings(BaseSettings):
         if v < 2 * interval:
             raise ValueError(f"heartbeat_ttl ({v}s) must be at least twice heartbeat_interval ({interval}s)")
         return v
+
+
+def read_keys_file(path: Path) -> list[str]:
+    """One key per line; blank lines and lines starting with ``#`` are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise RuntimeError(f"LLMHOST_API_KEYS_FILE: cannot read {path}: {e.strerror or e}") from None
+    return [s for s in (line.strip() for line in lines) if s and not s.startswith("#")]
+
+
+def load_api_keys(settings: Settings) -> list[str]:
+    """Every configured API key: ``api_keys`` then the lines of ``api_keys_file`` (read now)."""
+    keys = list(settings.api_keys)
+    if settings.api_keys_file is not None:
+        keys += read_keys_file(settings.api_keys_file)
+    return list(dict.fromkeys(keys))
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 from .redis_server import RedisServer
-from .settings import get_settings
+from .settings import get_settings, load_api_keys
 
 MAX_BACKOFF = 30.0
 
@@ -53,9 +53,10 @@ class Child:
             self.proc.send_signal(sig)
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, api_key: str | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=1) as r:
             return r.status == 200
     except Exception:  # noqa: BLE001 - not up yet
         return False
@@ -63,6 +64,7 @@ def _ready(url: str) -> bool:
 
 def main() -> int:
     settings = get_settings()
+    api_key = next(iter(load_api_keys(settings)), None)  # /ready is behind the key when keys are set
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     redis_server = None
@@ -92,7 +94,7 @@ def main() -> int:
             now = time.monotonic()
             for child in children:
                 child.check(now)
-            if not announced and _ready(f"{base}/ready"):
+            if not announced and _ready(f"{base}/ready", api_key):
                 announced = True
                 print(f"[llmhost] ready in {now - started:.1f} s: OpenAI API at {base}/v1 "
                       f"(models: {', '.join(settings.default_models)}); Ctrl-C stops", flush=True)

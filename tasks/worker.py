@@ -12,18 +12,34 @@ import logging
 import os
 import socket
 import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
 
 from .catalog import resolve
 from .celery_app import create_celery
 from .errors import JobError
-from .logging_setup import setup_logging
-from .payloads import TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, GenerateJob, InitializeJob
+from .logging_setup import log_context, setup_logging
+from .payloads import TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, GenerateJob, InitializeJob, JobBase
 from .presence import queue_name
 from .settings import get_settings
 
 log = logging.getLogger("llmhost.worker")
 
 EXIT_LOAD_FAILED = 3
+
+
+@contextmanager
+def job_logging(job: JobBase, task: str) -> Iterator[None]:
+    """Every line logged by this task's thread while it runs carries the job's and request's ids;
+    one line per job says how long it took (never what it said)."""
+    started = time.perf_counter()
+    with log_context(job_id=job.job_id, request_id=job.request_id):
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            log.info("job %s ended after %.3f s", job.job_id, seconds, extra={"task": task, "seconds": round(seconds, 3)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model (or LLMHOST_MODEL) is required")
 
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format, context={"service": "worker", "model": args.model})
     try:
         folder = resolve(settings.models_dir, args.model).path
     except JobError as e:
         log.error("%s (models dir: %s)", e.message, settings.models_dir)
         return 2
 
+    if settings.log_format == "json":  # stderr holds JSON lines only: no progress bars, no banner
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from .runtime import WorkerRuntime  # torch comes in here, not at import of the package
 
     slug = args.model.replace("/", "--")
@@ -50,15 +68,21 @@ def main(argv: list[str] | None = None) -> int:
 
     @app.task(name=TASK_GENERATE, ignore_result=True)
     def generate(payload: dict) -> None:
-        runtime.generate(GenerateJob.model_validate(payload))
+        job = GenerateJob.model_validate(payload)
+        with job_logging(job, TASK_GENERATE):
+            runtime.generate(job)
 
     @app.task(name=TASK_EMBED, ignore_result=True)
     def embed(payload: dict) -> None:
-        runtime.embed(EmbedJob.model_validate(payload))
+        job = EmbedJob.model_validate(payload)
+        with job_logging(job, TASK_EMBED):
+            runtime.embed(job)
 
     @app.task(name=TASK_INITIALIZE, ignore_result=True)
     def initialize(payload: dict) -> None:
-        runtime.initialize(InitializeJob.model_validate(payload))
+        job = InitializeJob.model_validate(payload)
+        with job_logging(job, TASK_INITIALIZE):
+            runtime.initialize(job)
 
     try:
         runtime.start()
@@ -70,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         # max_batch jobs are in flight, each pool thread waiting on its sequences while the engine
         # thread batches them. Prefetch 1 per thread: beyond that, jobs wait in Redis, where any
         # worker of this model can take them.
+        quiet = ["--quiet"] if settings.log_format == "json" else []  # no startup banner among JSON lines
         app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",
+            *quiet, "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",
             "-Q", queue_name(args.model), "-n", name, "-E",
             "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
         ])

@@ -13,12 +13,14 @@ from typing import Any, AsyncIterator, Optional
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from tasks.errors import JobError
 from tasks.payloads import GenerateResult
 
 from ..deps import GatewayDep, SettingsDep
+from ..errors import from_validation_error
 from ..gateway import Gateway, Submitted
 from ..responses import usage
 from ..schemas.chat import ChatCompletionRequest
@@ -35,9 +37,12 @@ def _as_openai(req: GenerateRequest, default_model: str, stream: bool) -> ChatCo
     }
     if (req.prompt is None) == (req.messages is None):
         raise JobError("Give exactly one of `prompt` or `messages`.", status_code=400, param="prompt")
-    if req.messages is not None:
-        return ChatCompletionRequest.model_validate({**common, "messages": req.messages})
-    return CompletionRequest.model_validate({**common, "prompt": req.prompt})
+    try:
+        if req.messages is not None:
+            return ChatCompletionRequest.model_validate({**common, "messages": req.messages})
+        return CompletionRequest.model_validate({**common, "prompt": req.prompt})
+    except ValidationError as e:  # e.g. an empty stop string: a 400 naming the field, not a 500
+        raise from_validation_error(e) from None
 
 
 async def _open(gw: Gateway, req: ChatCompletionRequest | CompletionRequest) -> Submitted:
@@ -66,23 +71,31 @@ async def stream(req: GenerateRequest, gw: GatewayDep, settings: SettingsDep) ->
     sub = await _open(gw, _as_openai(req, settings.default_models[0], stream=True))
 
     async def events() -> AsyncIterator[dict[str, str]]:
+        tracker = sub.tracker
         async with sub.watch as watch:
             try:
                 while True:
                     event = await watch.next()
                     if event.type == "delta":
+                        tracker.delta(event.index)
                         yield {"event": "token", "data": json.dumps({"text": event.text})}
                     elif event.type == "done":
+                        tracker.succeeded(event.result)
                         out = GenerateResult.model_validate(event.result or {}).outputs[0]
                         yield {"event": "done", "data": json.dumps({
                             "job_id": sub.job_id, "text": out.text, "finish_reason": out.finish_reason,
                             "usage": usage(out.prompt_tokens, out.completion_tokens)})}
                         return
                     elif event.type == "error":
-                        yield {"event": "error", "data": json.dumps(JobError.from_dict(event.error or {}).envelope())}
+                        err = JobError.from_dict(event.error or {})
+                        tracker.failed(err)
+                        yield {"event": "error", "data": json.dumps(err.envelope())}
                         return
             except JobError as e:
+                tracker.failed(e)
                 yield {"event": "error", "data": json.dumps(e.envelope())}
+            finally:
+                tracker.cancelled()  # the client went away (no-op when the job already has an outcome)
 
     return EventSourceResponse(events(), sep="\n", ping=15)
 

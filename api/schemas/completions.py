@@ -34,9 +34,14 @@ class CompletionRequest(SamplingFields):
     def prompts(self) -> list[str]:
         p = self.prompt
         if isinstance(p, str):
-            return [p]
-        if p and all(isinstance(x, str) for x in p):
-            return list(p)  # type: ignore[arg-type]
-        if not p:
+            texts = [p]
+        elif p and all(isinstance(x, str) for x in p):
+            texts = list(p)  # type: ignore[arg-type]
+        elif not p:
             raise invalid_request("`prompt` must not be empty.", param="prompt")
-        raise invalid_request("Token-id prompts are not supported by this server yet; send text.", param="prompt")
+        else:
+            raise invalid_request("Token-id prompts are not supported by this server yet; send text.", param="prompt")
+        # An empty string has no tokens to start from (models without a BOS token would get none).
+        if any(t == "" for t in texts):
+            raise invalid_request("`prompt` must not contain empty strings.", param="prompt")
+        return texts

@@ -6,8 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.errors import JobError, invalid_request
+from tasks.errors import invalid_request
 
+from ..errors import from_validation_error
 from .chat import ChatCompletionRequest
 from .completions import CompletionRequest
 from .embeddings import EmbeddingRequest
@@ -27,10 +28,7 @@ class JobRequest(BaseModel):
         try:
             body = BODIES[self.endpoint].model_validate(self.body)
         except ValidationError as e:
-            first = e.errors()[0]
-            param = ".".join(str(p) for p in first["loc"])
-            raise JobError(f"body.{param}: {first['msg']}", status_code=400, param=f"body.{param}",
-                           code="invalid_value") from None
+            raise from_validation_error(e, prefix="body") from None
         if getattr(body, "stream", False):
             raise invalid_request("Background jobs cannot stream; drop `stream` or call the endpoint directly.",
                                   param="body.stream")

@@ -1,0 +1,73 @@
+"""API keys: when any is configured, every route but ``GET /health`` needs ``Authorization: Bearer <key>``.
+
+A pure ASGI layer, so it covers everything behind it alike: JSON routes, SSE streams, ``/metrics``,
+the 501 routes and paths that match no route (a 404 only after the key is checked). Keys are
+compared as SHA-256 digests with :func:`hmac.compare_digest` against every configured key, without
+stopping at the first match, so the time taken says nothing about which key (or how much of one)
+matched. Keys are never logged and never echoed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Iterable, Optional
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tasks.errors import JobError
+from tasks.settings import load_api_keys
+
+__all__ = ["ApiKeyMiddleware", "KeyChecker", "bearer_token", "load_api_keys"]
+
+OPEN_ROUTES = frozenset({("GET", "/health")})
+
+
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> Optional[str]:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            return None
+    return None
+
+
+class KeyChecker:
+    def __init__(self, keys: Iterable[str]) -> None:
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def valid(self, token: str) -> bool:
+        given = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        ok = False
+        for digest in self._digests:  # every key, every time: no early exit
+            ok |= hmac.compare_digest(given, digest)
+        return ok
+
+
+def auth_error(missing: bool) -> JobError:
+    message = ("Missing API key: send it as `Authorization: Bearer <key>`." if missing
+               else "Incorrect API key provided.")
+    return JobError(message, status_code=401, type="authentication_error", code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+class ApiKeyMiddleware:
+    def __init__(self, app: ASGIApp, keys: Iterable[str]) -> None:
+        self.app = app
+        self.checker = KeyChecker(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (scope.get("method"), scope.get("path")) in OPEN_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        token = bearer_token(scope.get("headers", ()))
+        if token is not None and self.checker.valid(token):
+            await self.app(scope, receive, send)
+            return
+        err = auth_error(missing=token is None)
+        await JSONResponse(err.envelope(), status_code=err.status_code, headers=err.headers)(scope, receive, send)

@@ -104,7 +104,8 @@ class Gateway:
         req.check()
         return GenerateJob(job_id=job_id, model=req.model, messages=req.to_messages(),
                            sampling=stable_sampling(req.sampling(req.max_new_tokens)), stream=req.stream,
-                           deadline=deadline, request_id=request_id_var.get())
+                           deadline=deadline, request_id=request_id_var.get(), tools=req.tool_specs(),
+                           tool_choice=req.normalized_tool_choice(), parallel_tool_calls=req.parallel_tool_calls is not False)
 
     def completion_job(self, req: CompletionRequest, job_id: str, deadline: float) -> GenerateJob:
         req.check()

@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 
-from tasks.payloads import EmbedResult, GenerateResult
+from tasks.payloads import EmbedResult, GenerateResult, ToolCall
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
@@ -19,12 +19,18 @@ def _totals(result: GenerateResult) -> dict[str, int]:
     return usage(sum(prompts.values()), sum(o.completion_tokens for o in result.outputs))
 
 
+def tool_calls(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in calls or ()]
+
+
 def chat_completion(job_id: str, created: int, model: str, result: GenerateResult) -> dict[str, Any]:
     return {
         "id": job_id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{
             "index": o.index,
-            "message": {"role": "assistant", "content": o.text, "refusal": None, "tool_calls": []},
+            "message": {"role": "assistant", "content": None if o.tool_calls and not o.text else o.text,
+                        "refusal": None, "tool_calls": tool_calls(o.tool_calls)},
             "logprobs": None, "finish_reason": o.finish_reason,
         } for o in result.outputs],
         "usage": _totals(result), "system_fingerprint": None,

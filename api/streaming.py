@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from tasks.errors import JobError
-from tasks.payloads import GenerateResult
+from tasks.payloads import GenerateResult, ToolCall
 
 from .gateway import Submitted
 from .responses import usage
@@ -36,6 +36,16 @@ class StreamShape:
                 delta["content"] = text
             return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+
+
+def tool_call_deltas(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
+    """OpenAI's streamed shape of ``tool_calls``: per call, its id and name with empty arguments,
+    then the arguments; a client concatenating them gets the non-streamed ``message.tool_calls``."""
+    pieces: list[dict[str, Any]] = []
+    for i, c in enumerate(calls or ()):
+        pieces.append({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}})
+        pieces.append({"index": i, "function": {"arguments": c.arguments}})
+    return pieces
 
 
 def _data(obj: Any) -> dict[str, str]:
@@ -62,6 +72,9 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
                     tracker.succeeded(event.result)
                     result = GenerateResult.model_validate(event.result or {})
                     for o in result.outputs:
+                        for piece in tool_call_deltas(o.tool_calls) if shape.chat else ():
+                            yield chunk([{"index": o.index, "delta": {"tool_calls": [piece]}, "logprobs": None,
+                                          "finish_reason": None}])
                         yield chunk([shape.choice(o.index, None if shape.chat else "", o.finish_reason)])
                     if shape.include_usage:
                         prompt = sum({o.index: o.prompt_tokens for o in result.outputs}.values())

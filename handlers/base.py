@@ -17,9 +17,11 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 import torch
 
 from tasks.errors import JobError, invalid_request
-from tasks.payloads import LoadOptions, Message, SamplingParams
+from tasks.payloads import LoadOptions, Message, SamplingParams, ToolCall
 
 from .loading import load_causal_lm
+from .tools import (ToolPlan, forced, forced_schema, hf_message, hf_tools, openai_call_id, parse_hermes,
+                    uses_tools)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,11 @@ class ChatHandler(Handler):
     family = "auto"
     # Special tokens that end an assistant turn in this family, besides the tokenizer's EOS.
     stop_tokens: ClassVar[tuple[str, ...]] = ()
+    # Tool calling (see handlers/tools.py). The defaults are the Hermes format most tool-aware
+    # chat templates use; a family overrides them together with its built-in tool prompt.
+    tool_markers: ClassVar[tuple[str, ...]] = ("<tool_call>",)  # a call starts here, anywhere in the text
+    tool_start_markers: ClassVar[tuple[str, ...]] = ()  # … or here, at the start of the output only
+    tool_args_key: ClassVar[str] = "arguments"  # the key of a call's arguments in the family's JSON
 
     model: Any
     tokenizer: Any
@@ -73,29 +80,66 @@ class ChatHandler(Handler):
         if not messages:
             raise invalid_request("`messages` must contain at least one message.", param="messages")
 
-    def builtin_template(self, messages: Sequence[Message]) -> str | None:
-        """The family's own prompt format, used when the model folder carries no chat template."""
+    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str | None:
+        """The family's own prompt format, used when the model folder carries no chat template, or
+        one that knows nothing of tools while the request has tools, tool calls or tool results."""
         return None
 
-    def render_chat(self, messages: Sequence[Message]) -> str:
+    def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str:
         self.validate_messages(messages)
-        if getattr(self.tokenizer, "chat_template", None):
+        template = getattr(self.tokenizer, "chat_template", None)
+        with_tools = uses_tools(messages, tools)
+        if template and (not with_tools or "tools" in str(template)):
             try:
                 return self.tokenizer.apply_chat_template(
-                    [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True)
+                    [hf_message(m) for m in messages], tokenize=False, add_generation_prompt=True,
+                    **({"tools": hf_tools(tools)} if tools else {}))
             except Exception as e:  # noqa: BLE001 - template raise_exception() and friends
                 raise invalid_request(f"The model's chat template refused these messages: {e}", param="messages") from None
-        text = self.builtin_template(messages)
+        text = self.builtin_template(messages, tools) if with_tools else self.builtin_template(messages)
         if text is None:
+            if with_tools:
+                raise invalid_request(f"The model `{self.model_id}` has no tool-calling format (its chat template "
+                                      "takes no tools).", param="tools" if tools else "messages")
             raise invalid_request(
                 f"The model `{self.model_id}` has no chat template; use /v1/completions with a raw prompt.",
                 param="messages")
         return text
 
-    def encode_chat(self, messages: Sequence[Message]) -> list[int]:
+    def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                    prefill: str = "") -> list[int]:
         # The rendered text already holds any BOS the template wants: adding special tokens here
-        # again is the classic doubled-BOS bug.
-        return self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False)
+        # again is the classic doubled-BOS bug. ``prefill`` starts the assistant's answer (a forced call).
+        return self.tokenizer.encode(self.render_chat(messages, tools) + prefill, add_special_tokens=False)
+
+    # --- tool calling ------------------------------------------------------------------------------
+
+    def new_tool_call_id(self) -> str:
+        return openai_call_id()
+
+    def tool_prefill(self) -> str:
+        """What the assistant's answer starts with when a call is forced (the family's call opener)."""
+        return "<tool_call>\n"
+
+    def forced_call_schema(self, tools: Sequence[dict[str, Any]], choice: str | dict[str, Any]) -> dict[str, Any]:
+        """The JSON schema of what follows :meth:`tool_prefill` in a forced call."""
+        return forced_schema(tools, choice, self.tool_args_key)
+
+    def parse_tool_calls(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """(content, calls) of a generated answer; no calls → (``text``, [])."""
+        return parse_hermes(text, self.new_tool_call_id)
+
+    def tool_plan(self, tools: Sequence[dict[str, Any]] | None, choice: str | dict[str, Any],
+                  parallel: bool = True) -> ToolPlan | None:
+        """How a request uses its tools; None when it has none or ``tool_choice`` is ``none``."""
+        if not tools or choice == "none":
+            return None
+        plan = ToolPlan(list(tools), self.parse_tool_calls, parallel=parallel, markers=self.tool_markers,
+                        start_markers=self.tool_start_markers)
+        if forced(choice):
+            plan.prefill = self.tool_prefill()
+            plan.constraint = {"type": "json_schema", "schema": self.forced_call_schema(tools, choice)}
+        return plan
 
     def compile_constraint(self, constraint: dict[str, Any] | None) -> Any:
         """The compiled grammar of a structured-output request (cached per schema), or None."""

@@ -39,6 +39,8 @@ class SeqWaiter:
     done: threading.Event = field(default_factory=threading.Event)
     seq: Sequence | None = None
     error: JobError | None = None
+    # Streams only: (delta, final) -> the text to publish (tool calls keep their markup out of content).
+    filter: Callable[[str, bool], str] | None = None
 
 
 @dataclass
@@ -78,8 +80,9 @@ class EngineLoop(threading.Thread):
     # --- called from Celery's pool threads --------------------------------------------------------
 
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-               reply_to: str | None, deadline: float, grammar: Any = None) -> SeqWaiter:
-        waiter = SeqWaiter(job_id, index, reply_to, deadline)
+               reply_to: str | None, deadline: float, grammar: Any = None,
+               filter: Callable[[str, bool], str] | None = None) -> SeqWaiter:
+        waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter)
         self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar))
         return waiter
 
@@ -159,8 +162,9 @@ class EngineLoop(threading.Thread):
             with self.client.pipeline(transaction=False) as pipe:
                 for out in outputs:
                     waiter = self._waiters[out.seq.id]
-                    if waiter.reply_to and (out.delta or out.logprobs):
-                        event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=out.delta,
+                    delta = waiter.filter(out.delta, out.finished) if waiter.filter else out.delta
+                    if waiter.reply_to and (delta or out.logprobs):
+                        event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=delta,
                                       logprobs=out.logprobs or None)
                         pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
                 pipe.execute()

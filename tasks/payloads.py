@@ -6,7 +6,7 @@ HTTP or OpenAI wire shapes: the front translates requests into them and results 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field
 
@@ -19,11 +19,22 @@ TASK_EMBED = "llmhost.embed"
 TASK_INITIALIZE = "llmhost.initialize"
 
 
-class Message(BaseModel):
-    """A chat turn with its content already flattened to text by the front."""
+class ToolCall(BaseModel):
+    """One function call: ``arguments`` is a JSON string, as OpenAI sends and returns it."""
 
-    role: Literal["system", "user", "assistant"]
+    id: str
+    name: str
+    arguments: str
+
+
+class Message(BaseModel):
+    """A chat turn with its content already flattened to text by the front. An assistant turn may
+    carry ``tool_calls``; a ``tool`` turn is the result of the call ``tool_call_id``."""
+
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: Optional[list[ToolCall]] = None
+    tool_call_id: Optional[str] = None
 
 
 class SamplingParams(BaseModel):
@@ -77,6 +88,11 @@ class GenerateJob(JobBase):
     echo: bool = False
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     stream: bool = False
+    # Tool calling (chat only): OpenAI function specs {"name", "description", "parameters"};
+    # tool_choice normalised by the front to "none" | "auto" | "required" | {"name": "<fn>"}.
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Union[str, dict[str, Any]] = "auto"
+    parallel_tool_calls: bool = True
 
 
 class EmbedJob(JobBase):
@@ -111,12 +127,13 @@ class TokenLogprob(BaseModel):
 class Output(BaseModel):
     index: int
     text: str
-    finish_reason: Literal["stop", "length", "cancelled"]
+    finish_reason: Literal["stop", "length", "cancelled", "tool_calls"]
     prompt_tokens: int
     completion_tokens: int
     logprobs: Optional[list[TokenLogprob]] = None
     prompt_logprobs: Optional[list[TokenLogprob]] = None
     prompt_text: Optional[str] = None  # echo
+    tool_calls: Optional[list[ToolCall]] = None
 
 
 class GenerateResult(BaseModel):

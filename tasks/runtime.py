@@ -151,14 +151,23 @@ class WorkerRuntime:
         def body() -> dict | None:
             handler = self._handler(ChatHandler)
             assert isinstance(handler, ChatHandler) and self.loop is not None
+            tools = handler.tool_plan(job.tools, job.tool_choice, job.parallel_tool_calls) if job.messages else None
             if job.messages is not None:
-                texts, prompts = [None], [handler.encode_chat(job.messages)]
+                texts = [None]
+                prompts = [handler.encode_chat(job.messages, tools.tools if tools else None, tools.prefill if tools else "")]
             else:
                 texts = list(job.prompts or [])
                 prompts = [handler.encode_prompt(p) for p in texts]
+            if tools is not None and tools.constraint is not None:  # a forced call: its grammar
+                job.sampling = job.sampling.model_copy(update={"constraint": tools.constraint})
             budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]
             # Compiled here, in a pool thread: a slow schema never stalls the batch on the engine thread.
-            grammar = handler.compile_constraint(job.sampling.constraint)
+            try:
+                grammar = handler.compile_constraint(job.sampling.constraint)
+            except JobError as e:
+                if tools is not None and tools.constraint is not None:
+                    e.param = "tools"
+                raise
             if job.stream:  # a stream's HTTP status waits for this; a sync answer does not
                 self._publish(job, Event(type="started"))
             reply_to = job.reply_to if job.stream else None
@@ -167,7 +176,8 @@ class WorkerRuntime:
             for p, (ids, budget) in enumerate(zip(prompts, budgets)):
                 for choice in range(job.n):
                     waiters.append(self.loop.submit(job.job_id, p * job.n + choice, ids, choice_params(job, choice),
-                                                    budget, reply_to, job.deadline, grammar))
+                                                    budget, reply_to, job.deadline, grammar,
+                                                    filter=tools.filter() if tools and reply_to else None))
             for w in waiters:
                 w.done.wait()
             if (err := next((w.error for w in waiters if w.error), None)) is not None:
@@ -180,9 +190,11 @@ class WorkerRuntime:
                 seq, prompt_text = w.seq, texts[w.index // job.n]
                 assert seq is not None
                 echo = job.echo and prompt_text is not None
+                text, calls = tools.finish(seq.text) if tools else (seq.text, [])
                 outputs.append(Output(
-                    index=w.index, text=(prompt_text + seq.text) if echo else seq.text,  # type: ignore[operator]
-                    finish_reason=seq.finish_reason or "length", prompt_tokens=len(seq.prompt_ids),
+                    index=w.index, text=(prompt_text + text) if echo else text,  # type: ignore[operator]
+                    finish_reason="tool_calls" if calls else seq.finish_reason or "length", tool_calls=calls or None,
+                    prompt_tokens=len(seq.prompt_ids),
                     completion_tokens=len(seq.token_ids), logprobs=seq.logprobs,
                     prompt_logprobs=seq.prompt_logprobs if echo else None, prompt_text=prompt_text if echo else None))
             return GenerateResult(outputs=outputs, n=job.n).model_dump()

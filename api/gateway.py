@@ -18,7 +18,7 @@ from tasks.client import JobClient, JobWatch, new_job_id
 from tasks.errors import JobError
 from tasks.logging_setup import bind, request_id_var
 from tasks.payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, EmbedResult, GenerateJob,
-                            GenerateResult, InitializeJob, LoadOptions)
+                            GenerateResult, InitializeJob, LoadOptions, TASK_TOKENIZE, TokenizeJob)
 from tasks.presence import WorkerInfo
 from tasks.settings import Settings
 
@@ -29,6 +29,7 @@ from .overload import check_queue
 from .schemas.chat import ChatCompletionRequest
 from .schemas.completions import CompletionRequest
 from .schemas.embeddings import EmbeddingRequest
+from .schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 
 @dataclass
@@ -102,16 +103,19 @@ class Gateway:
 
     def chat_job(self, req: ChatCompletionRequest, job_id: str, deadline: float) -> GenerateJob:
         req.check()
-        return GenerateJob(job_id=job_id, model=req.model, messages=req.to_messages(),
-                           sampling=stable_sampling(req.sampling(req.max_new_tokens)), stream=req.stream,
-                           deadline=deadline, request_id=request_id_var.get(), tools=req.tool_specs(),
+        return GenerateJob(job_id=job_id, model=req.model, messages=req.to_messages(), n=req.n,
+                           sampling=stable_sampling(req.to_sampling()), stream=req.stream, deadline=deadline,
+                           request_id=request_id_var.get(), tools=req.tool_specs(),
                            tool_choice=req.normalized_tool_choice(), parallel_tool_calls=req.parallel_tool_calls is not False)
 
     def completion_job(self, req: CompletionRequest, job_id: str, deadline: float) -> GenerateJob:
         req.check()
-        return GenerateJob(job_id=job_id, model=req.model, prompts=req.prompts(),
-                           sampling=stable_sampling(req.sampling(req.max_tokens)), stream=req.stream,
-                           deadline=deadline, request_id=request_id_var.get())
+        if req.stream and req.echo and req.logprobs is not None:
+            raise JobError("`echo` with `logprobs` is not supported when streaming; drop `stream`.",
+                           status_code=400, param="echo")
+        return GenerateJob(job_id=job_id, model=req.model, prompts=req.prompts(), n=req.n, echo=req.echo,
+                           sampling=stable_sampling(req.to_sampling()), stream=req.stream, deadline=deadline,
+                           request_id=request_id_var.get())
 
     def embed_job(self, req: EmbeddingRequest, job_id: str, deadline: float) -> EmbedJob:
         req.check()
@@ -260,3 +264,19 @@ class Gateway:
         return n > 0, {"redis": "ok", "workers_ready": n,
                        "models": sorted({w.model for w in workers if w.state == "ready"})}
 
+    # --- tokenization ----------------------------------------------------------------------------
+
+    async def _tokenize_job(self, job: TokenizeJob) -> dict[str, Any]:
+        sub = await self._submit(TASK_TOKENIZE, job, "tokenize", "chat", {})
+        return await self.run_to_end(sub)
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        req.check()
+        messages = [m.flatten(i) for i, m in enumerate(req.messages)] if req.messages is not None else None
+        return await self._tokenize_job(TokenizeJob(
+            job_id=new_job_id("tok"), model=req.model, messages=messages, prompt=req.prompt,
+            add_special_tokens=req.add_special_tokens, deadline=self._deadline(), request_id=request_id_var.get()))
+
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        return await self._tokenize_job(TokenizeJob(job_id=new_job_id("tok"), model=req.model, tokens=req.tokens,
+                                                    deadline=self._deadline(), request_id=request_id_var.get()))

@@ -6,17 +6,40 @@ import base64
 from typing import Any
 
 
-from tasks.payloads import EmbedResult, GenerateResult, ToolCall
+from tasks.payloads import EmbedResult, GenerateResult, TokenLogprob, ToolCall
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _totals(result: GenerateResult) -> dict[str, int]:
-    # One prompt is shared by all choices of a chat; completions count each prompt once.
-    prompts = {o.index: o.prompt_tokens for o in result.outputs}
-    return usage(sum(prompts.values()), sum(o.completion_tokens for o in result.outputs))
+def totals(result: GenerateResult) -> dict[str, int]:
+    # Each prompt counts once, however many choices (n) were drawn from it.
+    prompts = sum(o.prompt_tokens for o in result.outputs if o.index % result.n == 0)
+    return usage(prompts, sum(o.completion_tokens for o in result.outputs))
+
+
+def chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """The chat format: one object per token, with its exact bytes and its alternatives."""
+    if entries is None:
+        return None
+    return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": e.bytes,
+                         "top_logprobs": [{"token": t, "logprob": v, "bytes": b} for t, v, b in e.top]}
+                        for e in entries], "refusal": None}
+
+
+def completion_logprobs(entries: list[TokenLogprob] | None, start_offset: int = 0) -> dict[str, Any] | None:
+    """The legacy completions format: parallel arrays, alternatives as {token: logprob}."""
+    if entries is None:
+        return None
+    offsets, pos = [], start_offset
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e.token)
+    return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t: v for t, v, _ in reversed(e.top)} if e.logprob is not None else None
+                             for e in entries],  # reversed: on equal texts the likelier one wins
+            "text_offset": offsets}
 
 
 def tool_calls(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
@@ -31,18 +54,23 @@ def chat_completion(job_id: str, created: int, model: str, result: GenerateResul
             "index": o.index,
             "message": {"role": "assistant", "content": None if o.tool_calls and not o.text else o.text,
                         "refusal": None, "tool_calls": tool_calls(o.tool_calls)},
-            "logprobs": None, "finish_reason": o.finish_reason,
+            "logprobs": chat_logprobs(o.logprobs), "finish_reason": o.finish_reason,
         } for o in result.outputs],
-        "usage": _totals(result), "system_fingerprint": None,
+        "usage": totals(result), "system_fingerprint": None,
     }
 
 
 def text_completion(job_id: str, created: int, model: str, result: GenerateResult) -> dict[str, Any]:
+    choices = []
+    for o in result.outputs:
+        entries = o.logprobs
+        if o.prompt_logprobs is not None and entries is not None:
+            entries = o.prompt_logprobs + entries  # echo: the prompt's tokens first
+        choices.append({"index": o.index, "text": o.text, "logprobs": completion_logprobs(entries),
+                        "finish_reason": o.finish_reason})
     return {
         "id": job_id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": o.index, "text": o.text, "logprobs": None, "finish_reason": o.finish_reason}
-                    for o in result.outputs],
-        "usage": _totals(result), "system_fingerprint": None,
+        "choices": choices, "usage": totals(result), "system_fingerprint": None,
     }
 
 

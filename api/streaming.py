@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from tasks.errors import JobError
-from tasks.payloads import GenerateResult, ToolCall
+from tasks.payloads import GenerateResult, TokenLogprob, ToolCall
 
 from .gateway import Submitted
-from .responses import usage
+from .responses import chat_logprobs, completion_logprobs, totals
 
 
 @dataclass
@@ -26,16 +26,28 @@ class StreamShape:
     object: str  # "chat.completion.chunk" | "text_completion"
     chat: bool
     include_usage: bool
+    choices: int = 1  # choice indices 0 .. choices-1 (prompts × n)
+    echo: list[str] | None = None  # completions with echo: the prompt of each choice, sent first
 
-    def choice(self, index: int, text: str | None, finish_reason: str | None, first: bool = False) -> dict[str, Any]:
+    def choice(self, index: int, text: str | None, finish_reason: str | None, first: bool = False,
+               logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
         if self.chat:
             delta: dict[str, Any] = {}
             if first:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+            return {"index": index, "delta": delta, "logprobs": chat_logprobs(logprobs), "finish_reason": finish_reason}
+        return {"index": index, "text": text or "", "logprobs": completion_logprobs(logprobs),
+                "finish_reason": finish_reason}
+
+    def opening(self) -> list[dict[str, Any]]:
+        """Per choice, before any token: the role (chat) or the echoed prompt (completions)."""
+        if self.chat:
+            return [self.choice(i, "", None, first=True) for i in range(self.choices)]
+        if self.echo:
+            return [self.choice(i, self.echo[i], None) for i in range(self.choices)]
+        return []
 
 
 def tool_call_deltas(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
@@ -61,13 +73,13 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
     tracker = sub.tracker
     async with sub.watch as watch:
         try:
-            if shape.chat:
-                yield chunk([shape.choice(0, "", None, first=True)])
+            for opening in shape.opening():
+                yield chunk([opening])
             while True:
                 event = await watch.next()
                 if event.type == "delta":
                     tracker.delta(event.index)
-                    yield chunk([shape.choice(event.index, event.text, None)])
+                    yield chunk([shape.choice(event.index, event.text, None, logprobs=event.logprobs)])
                 elif event.type == "done":
                     tracker.succeeded(event.result)
                     result = GenerateResult.model_validate(event.result or {})
@@ -77,8 +89,7 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
                                           "finish_reason": None}])
                         yield chunk([shape.choice(o.index, None if shape.chat else "", o.finish_reason)])
                     if shape.include_usage:
-                        prompt = sum({o.index: o.prompt_tokens for o in result.outputs}.values())
-                        yield chunk([], usage=usage(prompt, sum(o.completion_tokens for o in result.outputs)))
+                        yield chunk([], usage=totals(result))
                     break
                 elif event.type == "error":
                     err = JobError.from_dict(event.error or {})

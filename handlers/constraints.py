@@ -140,6 +140,12 @@ class GrammarCompiler:
         self._cache: OrderedDict[str, Grammar] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        # Our JSON is compact (no free whitespace), so a raw byte below 0x20 is never valid anywhere
+        # in it (inside strings it must be escaped), yet xgrammar's string rule lets such bytes
+        # through: those tokens are banned outright for constrained rows.
+        self.control_ids = torch.tensor(
+            [i for i, raw in enumerate(self._info.decoded_vocab)
+             if i not in self.stop_ids and any(b < 0x20 for b in raw)], dtype=torch.long)
         # The bitmask that allows only the stop tokens: a matcher whose mask equals it is done.
         only_stop = xgr.allocate_token_bitmask(1, self.vocab_size)
         only_stop.zero_()
@@ -230,6 +236,8 @@ class Matcher:
         was accepted, only stop tokens stay allowed."""
         self._fill(self._bitmask, 0)
         _apply(logits.unsqueeze(0), self._bitmask, self._owner.vocab_size, None)
+        if len(self._owner.control_ids):
+            logits[self._owner.control_ids.to(logits.device)] = float("-inf")
 
     def _fill(self, bitmask: torch.Tensor, row: int) -> None:
         if self._m.is_terminated():  # xgrammar refuses to compute a mask then

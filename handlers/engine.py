@@ -237,12 +237,12 @@ class Engine:
         chosen = torch.argmax(logits, dim=-1).tolist()
         for i, seq in enumerate(seqs):
             p = seq.params
-            if not (p.greedy and p.plain):
-                row = logits[i].float()
+            if not (p.greedy and p.plain and seq.matcher is None):
+                row = logits[i].float().clone()
                 if not p.plain:
-                    row = apply_penalties(row.clone(), p, seq.prompt_ids, seq.output_counts)
-                    if seq.matcher is not None:
-                        seq.matcher.mask_logits(row)
+                    apply_penalties(row, p, seq.prompt_ids, seq.output_counts)
+                if seq.matcher is not None:
+                    seq.matcher.mask_logits(row)
                 chosen[i] = choose(row, p, seq.generator)
             if p.logprobs is not None:
                 seq._last_logprob = token_logprob(logits[i], chosen[i], p.logprobs, self.handler.describe_token)

@@ -30,6 +30,7 @@ from .presence import WORKER_KEY, WorkerInfo, live_workers, queue_name
 log = logging.getLogger("llmhost.client")
 
 POLL_SECONDS = 1.0
+_BACKGROUND: set[asyncio.Task] = set()  # cleanup tasks must not be garbage-collected mid-flight
 PRESENCE_CACHE_SECONDS = 0.5
 
 
@@ -131,6 +132,8 @@ class JobClient:
             await asyncio.to_thread(
                 self.celery.send_task, task, args=[job.model_dump(mode="json")],
                 task_id=job_id, queue=queue_name(model),
+                # Task events (Flower) show argsrepr: never the prompt.
+                argsrepr=f"<{task} {job_id} for {model}>", kwargsrepr="{}",
             )
         except BaseException:
             if watcher:
@@ -194,12 +197,13 @@ class JobWatch:
 
     async def __aexit__(self, *exc: Any) -> None:
         # A watcher that leaves before the end (client gone, timeout, error) cancels the job so the
-        # worker stops spending time on it.
+        # worker stops spending time on it. The cancel runs as a task of its own: we may be inside a
+        # cancelled anyio scope (sse-starlette on disconnect), where any await here would be
+        # cancelled again before Redis heard of it.
         if not self.finished:
-            try:
-                await self.client.cancel(self.job_id, "the client stopped waiting")
-            except Exception:  # noqa: BLE001
-                pass
+            task = asyncio.ensure_future(self.client.cancel(self.job_id, "the client stopped waiting"))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
         await self.close()
 
     async def next(self) -> Event:

@@ -17,6 +17,7 @@ FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 TASK_GENERATE = "llmhost.generate"
 TASK_EMBED = "llmhost.embed"
 TASK_INITIALIZE = "llmhost.initialize"
+TASK_TOKENIZE = "llmhost.tokenize"
 
 
 class ToolCall(BaseModel):
@@ -47,7 +48,7 @@ class SamplingParams(BaseModel):
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10.0)
     logit_bias: dict[int, float] = Field(default_factory=dict)
     seed: Optional[int] = None
     stop: list[str] = Field(default_factory=list)
@@ -108,6 +109,15 @@ class LoadOptions(BaseModel):
     quantization: Literal["none", "8bit", "4bit"] = "none"
     max_context: Optional[int] = Field(None, ge=16)
     torch_threads: int = Field(0, ge=0)
+
+
+class TokenizeJob(JobBase):
+    """``/tokenize`` (messages or prompt → ids) and ``/detokenize`` (ids → text), model-aware."""
+
+    messages: Optional[list[Message]] = None
+    prompt: Optional[str] = None
+    add_special_tokens: bool = True
+    tokens: Optional[list[int]] = None  # detokenize
 
 
 class InitializeJob(JobBase):

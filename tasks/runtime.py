@@ -22,7 +22,7 @@ from .engine_loop import EngineLoop
 from .errors import JobError, server_error
 from .jobs import WorkerJobs
 from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, JobBase,
-                       LoadOptions, Output, SamplingParams)
+                       LoadOptions, Output, SamplingParams, TokenizeJob)
 from .presence import Announcer
 from .settings import Settings
 
@@ -207,6 +207,24 @@ class WorkerRuntime:
             with self._embed_lock:
                 vectors, tokens = handler.embed(job.inputs, job.dimensions)
             return EmbedResult(vectors=vectors, prompt_tokens=tokens).model_dump()
+        self._run(job, body)
+
+    def tokenize(self, job: TokenizeJob) -> None:
+        """Runs in the pool thread: tokenizers are thread-safe and the model is not needed."""
+        def body() -> dict:
+            handler = self._handler(ChatHandler)
+            assert isinstance(handler, ChatHandler)
+            if job.tokens is not None:
+                vocab = int(handler.model.config.vocab_size)
+                if bad := [t for t in job.tokens if not 0 <= t < vocab]:
+                    raise JobError(f"Token ids must lie in [0, {vocab}); got {bad[:5]}.", param="tokens")
+                return {"prompt": handler.tokenizer.decode(job.tokens)}
+            if job.messages is not None:
+                ids = handler.encode_chat(job.messages)
+            else:
+                ids = handler.tokenizer.encode(job.prompt or "", add_special_tokens=job.add_special_tokens)
+            return {"tokens": ids, "count": len(ids), "max_model_len": handler.max_context,
+                    "token_strs": handler.tokenizer.convert_ids_to_tokens(ids)}
         self._run(job, body)
 
     def initialize(self, job: InitializeJob) -> None:

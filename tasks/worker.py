@@ -20,7 +20,8 @@ from .catalog import resolve
 from .celery_app import create_celery
 from .errors import JobError
 from .logging_setup import log_context, setup_logging
-from .payloads import TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, GenerateJob, InitializeJob, JobBase
+from .payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, TASK_TOKENIZE, EmbedJob, GenerateJob,
+                       InitializeJob, JobBase, TokenizeJob)
 from .presence import queue_name
 from .settings import get_settings
 
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         job = EmbedJob.model_validate(payload)
         with job_logging(job, TASK_EMBED):
             runtime.embed(job)
+
+    @app.task(name=TASK_TOKENIZE, ignore_result=True)
+    def tokenize(payload: dict) -> None:
+        job = TokenizeJob.model_validate(payload)
+        with job_logging(job, TASK_TOKENIZE):
+            runtime.tokenize(job)
 
     @app.task(name=TASK_INITIALIZE, ignore_result=True)
     def initialize(payload: dict) -> None:

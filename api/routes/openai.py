@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
+from ..cancellation import unless_disconnected
 from ..deps import GatewayDep
 from ..schemas.chat import ChatCompletionRequest
 from ..schemas.completions import CompletionRequest
@@ -21,24 +22,27 @@ def sse(events: Any) -> EventSourceResponse:
 
 
 @router.post("/chat/completions")
-async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep) -> Any:
+async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, request: Request) -> Any:
     if not req.stream:
-        return await gw.chat(req)
+        return await unless_disconnected(request, gw.chat(req))
     sub = await gw.stream_chat(req)
-    return sse(stream_events(sub, StreamShape("chat.completion.chunk", chat=True, include_usage=req.include_usage)))
+    return sse(stream_events(sub, StreamShape("chat.completion.chunk", chat=True, include_usage=req.include_usage,
+                                              choices=req.n)))
 
 
 @router.post("/completions")
-async def completions(req: CompletionRequest, gw: GatewayDep) -> Any:
+async def completions(req: CompletionRequest, gw: GatewayDep, request: Request) -> Any:
     if not req.stream:
-        return await gw.completion(req)
+        return await unless_disconnected(request, gw.completion(req))
     sub = await gw.stream_completion(req)
-    return sse(stream_events(sub, StreamShape("text_completion", chat=False, include_usage=req.include_usage)))
+    prompts = [p for p in req.prompts() for _ in range(req.n)]
+    return sse(stream_events(sub, StreamShape("text_completion", chat=False, include_usage=req.include_usage,
+                                              choices=len(prompts), echo=prompts if req.echo else None)))
 
 
 @router.post("/embeddings")
-async def embeddings(req: EmbeddingRequest, gw: GatewayDep) -> dict[str, Any]:
-    return await gw.embeddings(req)
+async def embeddings(req: EmbeddingRequest, gw: GatewayDep, request: Request) -> Any:
+    return await unless_disconnected(request, gw.embeddings(req))
 
 
 @router.get("/models")

@@ -76,23 +76,20 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
     logprobs: Optional[bool] = None
-    top_logprobs: Optional[int] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    response_format: Optional[dict[str, Any]] = None
     tools: Optional[list[Any]] = None
     tool_choice: Optional[Any] = None
     parallel_tool_calls: Optional[bool] = None
-    response_format: Optional[dict[str, Any]] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
 
-    unsupported_fields: ClassVar[dict[str, Any]] = {"logprobs": False, "top_logprobs": 0,
-                    "frequency_penalty": 0.0, "presence_penalty": 0.0, "logit_bias": {},
-                    "functions": [], "function_call": "none"}
+    unsupported_fields: ClassVar[dict[str, Any]] = {"functions": [], "function_call": "none"}
 
     def check(self) -> None:
         self.check_common()
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise invalid_request("`response_format` other than text is not supported by this server yet.",
+        if self.top_logprobs and not self.logprobs:
+            raise invalid_request("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
+        if self.forced_tool_choice() and self.constraint() is not None:
+            raise invalid_request("`response_format` cannot be combined with a `tool_choice` that forces a call.",
                                   param="response_format")
 
     def tool_specs(self) -> Optional[list[dict[str, Any]]]:
@@ -151,9 +148,30 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.normalized_tool_choice()
         return isinstance(choice, dict) or choice == "required"
 
+    def constraint(self) -> Optional[dict[str, Any]]:
+        """``response_format`` as the worker's structured-output constraint."""
+        rf = self.response_format
+        kind = (rf or {}).get("type", "text")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"type": "json_object"}
+        if kind == "json_schema":
+            spec = rf.get("json_schema") or {}  # type: ignore[union-attr]
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise invalid_request("`response_format.json_schema.schema` must be a JSON schema object.",
+                                      param="response_format.json_schema")
+            return {"type": "json_schema", "schema": spec.get("schema") or {}}
+        raise invalid_request(f"`response_format.type` must be text, json_object or json_schema, not {kind!r}.",
+                              param="response_format.type")
+
     def to_messages(self) -> list[Message]:
         return [m.flatten(i) for i, m in enumerate(self.messages)]
 
     @property
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens or self.max_tokens
+
+    def to_sampling(self):  # noqa: ANN201
+        return self.sampling(self.max_new_tokens, logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+                             constraint=self.constraint())

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.errors import invalid_request
 from tasks.payloads import SamplingParams
 
+log = logging.getLogger("llmhost.api")
+
+_LOGGED_EXTRAS: set[str] = set()
+
 
 class OpenAIModel(BaseModel):
-    """Tolerates fields we do not know (clients send vendor extensions); refuses known ones we do
-    not support through :meth:`refuse_unsupported`, never by silently ignoring them."""
+    """Tolerates fields we do not know (clients send vendor extensions) and logs each name once;
+    refuses known ones we do not support through :meth:`refuse_unsupported`, never by silently
+    ignoring them."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     # field name -> value that means "not used"; anything else is a clear 400.
     unsupported_fields: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _log_unknown_fields(self) -> "OpenAIModel":
+        for name in self.model_extra or {}:
+            key = f"{type(self).__name__}.{name}"
+            if key not in _LOGGED_EXTRAS and name not in self.unsupported_fields:
+                _LOGGED_EXTRAS.add(key)
+                log.info("ignoring unknown field `%s` in %s (logged once)", name, type(self).__name__)
+        return self
 
     def refuse_unsupported(self) -> None:
         for name, neutral in self.unsupported_fields.items():
@@ -27,11 +42,15 @@ class OpenAIModel(BaseModel):
 
 
 class SamplingFields(OpenAIModel):
-    """Fields common to chat and text completions, in the order of the OpenAI reference."""
+    """Fields common to chat and text completions, in the order of the OpenAI reference, then the
+    vLLM extensions clients commonly send (top_k, min_p, repetition_penalty, stop_token_ids, ignore_eos)."""
 
     model: str
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    logit_bias: Optional[dict[str, float]] = None
     max_tokens: Optional[int] = Field(None, ge=1)
     n: int = Field(1, ge=1, le=128)
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
     seed: Optional[int] = None
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
@@ -39,6 +58,11 @@ class SamplingFields(OpenAIModel):
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     user: Optional[str] = None
+    top_k: Optional[int] = Field(None, ge=-1)
+    min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: Optional[float] = Field(None, ge=0.01, le=10.0)
+    stop_token_ids: Optional[list[int]] = None
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod
@@ -50,10 +74,18 @@ class SamplingFields(OpenAIModel):
             raise ValueError("stop strings must not be empty")
         return stops
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        for key, value in (v or {}).items():
+            if not key.lstrip("-").isdigit() or int(key) < 0:
+                raise ValueError(f"logit_bias keys are token ids; {key!r} is not one")
+            if not -100 <= value <= 100:
+                raise ValueError(f"logit_bias values lie in [-100, 100]; {key}: {value}")
+        return v
+
     def check_common(self) -> None:
         self.refuse_unsupported()
-        if self.n != 1:
-            raise invalid_request("Only `n` = 1 is supported by this server yet.", param="n")
         if self.stream_options is not None and not self.stream:
             raise invalid_request("`stream_options` is only allowed when `stream` is true.", param="stream_options")
 
@@ -61,11 +93,21 @@ class SamplingFields(OpenAIModel):
     def include_usage(self) -> bool:
         return bool((self.stream_options or {}).get("include_usage"))
 
-    def sampling(self, max_tokens: Optional[int]) -> SamplingParams:
+    def sampling(self, max_tokens: Optional[int], **extra: Any) -> SamplingParams:
+        """The one place request fields become decoding parameters (request > server defaults)."""
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=max(0, self.top_k or 0),
+            min_p=self.min_p or 0.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             seed=self.seed,
             stop=list(self.stop or []),
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=self.ignore_eos,
+            **extra,
         )

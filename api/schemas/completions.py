@@ -17,19 +17,22 @@ DEFAULT_COMPLETION_TOKENS = 16
 class CompletionRequest(SamplingFields):
     prompt: Union[str, list[str], list[int], list[list[int]]]
     max_tokens: Optional[int] = Field(DEFAULT_COMPLETION_TOKENS, ge=1)
-    echo: Optional[bool] = None
-    logprobs: Optional[int] = None
+    echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=20)
     best_of: Optional[int] = None
     suffix: Optional[str] = None
-    frequency_penalty: Optional[float] = None
-    presence_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
 
-    unsupported_fields: ClassVar[dict[str, Any]] = {"echo": False, "logprobs": 0, "best_of": 1, "suffix": "",
-                    "frequency_penalty": 0.0, "presence_penalty": 0.0, "logit_bias": {}}
+    unsupported_fields: ClassVar[dict[str, Any]] = {"suffix": ""}
 
     def check(self) -> None:
         self.check_common()
+        if self.best_of is not None and self.best_of != self.n:
+            raise invalid_request("`best_of` other than `n` is not supported (use `n`).", param="best_of")
+
+    def to_sampling(self):  # noqa: ANN201
+        # echo with logprobs: the prompt's own tokens get logprobs too, as evaluation harnesses need.
+        return self.sampling(self.max_tokens, logprobs=self.logprobs,
+                             prompt_logprobs=self.logprobs if self.echo and self.logprobs is not None else None)
 
     def prompts(self) -> list[str]:
         p = self.prompt

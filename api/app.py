@@ -20,7 +20,7 @@ from .errors import register_error_handlers
 from .gateway import Gateway
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, BodyLimitMiddleware, RequestContextMiddleware
-from .routes import jobs, legacy, openai, system, tokenize
+from .routes import jobs, legacy, openai, system, tokenize, workers
 from .security import ApiKeyMiddleware, load_api_keys
 
 log = logging.getLogger("llmhost.api")
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    for module in (openai, tokenize, jobs, legacy, system, metrics_routes):
+    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_routes):
         app.include_router(module.router)
     return app
 

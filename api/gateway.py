@@ -6,6 +6,7 @@ lives here and in ``responses.py``/``streaming.py``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -280,3 +281,24 @@ class Gateway:
     async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
         return await self._tokenize_job(TokenizeJob(job_id=new_job_id("tok"), model=req.model, tokens=req.tokens,
                                                     deadline=self._deadline(), request_id=request_id_var.get()))
+
+    # --- workers ---------------------------------------------------------------------------------
+
+    async def worker_list(self) -> dict[str, Any]:
+        return {"object": "list", "data": [vars(w) for w in await self.workers(fresh=True)]}
+
+    async def move_worker(self, name: str, model: str) -> dict[str, Any]:
+        """Point one worker at another model (Celery remote control, answered by that worker only)."""
+        resolve(self.settings.models_dir, model)
+        worker = next((w for w in await self.workers(fresh=True) if w.name == name), None)
+        if worker is None:
+            raise JobError(f"No live worker named `{name}`.", status_code=404, code="worker_not_found", param="name")
+        replies = await asyncio.to_thread(self.jobs.celery.control.broadcast, "llmhost_move",
+                                          arguments={"model": model}, destination=[name], reply=True, timeout=5)
+        answer = next(iter(replies[0].values()), {}) if replies else {}
+        if not answer:
+            raise JobError(f"The worker `{name}` did not answer.", status_code=504, type="timeout_error",
+                           code="worker_timeout")
+        if "error" in answer:
+            raise JobError(answer["error"], status_code=400, param="model")
+        return {"worker": name, "from": worker.model, "to": model, "status": "moving"}

@@ -23,7 +23,7 @@ from .errors import JobError, server_error
 from .jobs import WorkerJobs
 from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, JobBase,
                        LoadOptions, Output, SamplingParams, TokenizeJob)
-from .presence import Announcer
+from .presence import Announcer, queue_name
 from .settings import Settings
 
 log = logging.getLogger("llmhost.worker")
@@ -226,6 +226,40 @@ class WorkerRuntime:
             return {"tokens": ids, "count": len(ids), "max_model_len": handler.max_context,
                     "token_strs": handler.tokenizer.convert_ids_to_tokens(ids)}
         self._run(job, body)
+
+    def move_to(self, model_id: str, folder: Path, switch_queues: Callable[[str, str], None]) -> None:
+        """Serve another model from now on (the API's worker move). Runs on a thread of its own:
+        stop taking the old model's jobs, let running sequences finish, load the new model, then
+        consume its queue. Jobs still queued for the old model stay in Redis for its other workers.
+        On a failed load the worker goes back to its old model and queue."""
+        old_id, old_folder, old_family = self.model_id, self.folder, self.family
+        switch_queues("", queue_name(old_id))  # stop taking the old model's jobs
+        try:
+            def reload() -> None:
+                self.model_id, self.folder = model_id, folder
+                self.family = detect_family(model_id, folder)
+                self.announcer.update(model=model_id, state="loading", family=self.family.name)
+                self.handler = None
+                gc.collect()
+                _empty_cuda_cache()
+                self._load(self.options)
+            if self.loop is not None:
+                self.loop.call_when_idle(reload)
+            else:
+                with self._embed_lock:
+                    reload()
+        except Exception:  # noqa: BLE001 - go back to what worked, and say so in the log
+            log.exception("moving to %s failed; back to %s", model_id, old_id)
+            self.model_id, self.folder, self.family = old_id, old_folder, old_family
+            self.announcer.update(model=old_id, family=old_family.name)
+            if self.loop is not None:
+                self.loop.call_when_idle(lambda: self._load(self.options))
+            else:
+                self._load(self.options)
+            switch_queues(queue_name(old_id), "")
+            return
+        switch_queues(queue_name(model_id), "")
+        log.info("moved from %s to %s", old_id, model_id)
 
     def initialize(self, job: InitializeJob) -> None:
         """Reload this worker's model with new options; on failure, go back to the old ones.

@@ -12,9 +12,12 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
+
+from celery.worker.control import control_command
 
 from .catalog import resolve
 from .celery_app import create_celery
@@ -90,6 +93,24 @@ def main(argv: list[str] | None = None) -> int:
         job = InitializeJob.model_validate(payload)
         with job_logging(job, TASK_INITIALIZE):
             runtime.initialize(job)
+
+    @control_command(args=[("model", str)], signature="<model>")
+    def llmhost_move(state, model: str) -> dict:  # noqa: ANN001 - Celery's control state
+        """Remote control (the API's `POST /v1/workers/{name}/model`): serve another model."""
+        try:
+            target = resolve(settings.models_dir, model).path
+        except JobError as e:
+            return {"error": e.message}
+        consumer = state.consumer
+
+        def switch(add: str, cancel: str) -> None:  # queue changes happen on the consumer's loop
+            if cancel:
+                consumer.call_soon(consumer.cancel_task_queue, cancel)
+            if add:
+                consumer.call_soon(consumer.add_task_queue, add)
+
+        threading.Thread(target=runtime.move_to, args=(model, target, switch), name="llmhost-move", daemon=True).start()
+        return {"ok": f"moving to {model}"}
 
     try:
         runtime.start()

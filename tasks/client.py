@@ -136,8 +136,14 @@ class JobClient:
                 argsrepr=f"<{task} {job_id} for {model}>", kwargsrepr="{}",
             )
         except BaseException:
+            # Interrupted (the client left, Redis failed) once the record may exist: the job must
+            # still end in a final state, and a message already on its way must not run (cancelling
+            # an unknown job is a no-op). As its own task: we may be inside a cancelled scope.
             if watcher:
                 await watcher.close()
+            task_ = asyncio.ensure_future(self.cancel(job_id, "the request ended before the job was queued"))
+            _BACKGROUND.add(task_)
+            task_.add_done_callback(_BACKGROUND.discard)
             raise
         return watcher
 

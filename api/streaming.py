@@ -71,6 +71,9 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
         return _data({**base, "choices": choices, **extra})
 
     tracker = sub.tracker
+    # What each choice has shown so far: deltas are fire-and-forget on pub/sub, so text lost on the
+    # way (a Redis blip) is sent from the final result rather than silently missing.
+    sent: dict[int, str] = {i: text for i, text in enumerate(shape.echo or [])}
     async with sub.watch as watch:
         try:
             for opening in shape.opening():
@@ -79,11 +82,15 @@ async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dic
                 event = await watch.next()
                 if event.type == "delta":
                     tracker.delta(event.index)
+                    sent[event.index] = sent.get(event.index, "") + event.text
                     yield chunk([shape.choice(event.index, event.text, None, logprobs=event.logprobs)])
                 elif event.type == "done":
                     tracker.succeeded(event.result)
                     result = GenerateResult.model_validate(event.result or {})
                     for o in result.outputs:
+                        shown = sent.get(o.index, "")
+                        if len(o.text) > len(shown) and o.text.startswith(shown):
+                            yield chunk([shape.choice(o.index, o.text[len(shown):], None)])
                         for piece in tool_call_deltas(o.tool_calls) if shape.chat else ():
                             yield chunk([{"index": o.index, "delta": {"tool_calls": [piece]}, "logprobs": None,
                                           "finish_reason": None}])

@@ -111,6 +111,14 @@ class Engine:
             if seq.id == seq_id:
                 seq.aborted = True
 
+    def release(self) -> None:
+        """Drop the model, the KV state and the prefix cache (the engine is idle): a reload must not
+        hold the old weights while the new ones load."""
+        self.model = None
+        self.handler = None  # type: ignore[assignment]
+        self.prefix_cache = None
+        self._cache = self._mask = self._lengths = self._pending = None
+
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 

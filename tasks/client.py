@@ -84,7 +84,11 @@ class EventHub:
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)  # below the socket timeout
                     if msg and msg["type"] == "message":
-                        event = Event.model_validate_json(msg["data"])
+                        try:
+                            event = Event.model_validate_json(msg["data"])
+                        except ValueError:
+                            log.warning("ignoring an unreadable message on the reply channel")
+                            continue  # one bad message must not cost the subscription
                         queue = self._queues.get(event.job)
                         if queue is not None:
                             queue.put_nowait(event)

@@ -50,6 +50,7 @@ class _Add:
     params: SamplingParams
     max_tokens: int
     grammar: Any = None
+    handler: Any = None  # the handler that tokenised the prompt: must still be the engine's
 
 
 @dataclass
@@ -81,9 +82,9 @@ class EngineLoop(threading.Thread):
 
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
                reply_to: str | None, deadline: float, grammar: Any = None,
-               filter: Callable[[str, bool], str] | None = None) -> SeqWaiter:
+               filter: Callable[[str, bool], str] | None = None, handler: Any = None) -> SeqWaiter:
         waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter)
-        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar))
+        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar, handler))
         return waiter
 
     def call_when_idle(self, fn: Callable[[], Any]) -> Any:
@@ -124,6 +125,13 @@ class EngineLoop(threading.Thread):
             self._step()
 
     def _add(self, item: _Add) -> None:
+        if item.handler is not None and item.handler is not self.engine.handler:
+            # Tokenised for a model that a reload replaced meanwhile: its ids mean nothing here.
+            item.waiter.error = JobError("The model was reloaded while this request was being prepared; retry.",
+                                         status_code=503, type="service_unavailable", code="model_reloaded",
+                                         headers={"Retry-After": "1"})
+            item.waiter.done.set()
+            return
         self._seq_counter += 1
         seq_id = f"{item.waiter.job_id}#{item.waiter.index}#{self._seq_counter}"
         try:
@@ -186,7 +194,7 @@ class EngineLoop(threading.Thread):
                     pipe.hget(job_key(waiter.job_id), "status")
                 statuses = pipe.execute()
         except redis.RedisError:
-            return  # cannot tell now; the deadline still bounds the work
+            statuses = [b"running"] * len(items)  # cannot tell now; the deadlines still bound the work
         wall = time.time()
         for (seq_id, waiter), status in zip(items, statuses):
             if status != b"running" or wall > waiter.deadline:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# A worker whose model cannot be loaded exits with this code; the supervisor restarts it.
+EXIT_LOAD_FAILED = 3
+
 
 class JobError(Exception):
     """A request-level failure with an HTTP status and the OpenAI error fields.

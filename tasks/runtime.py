@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from handlers.embedding import EmbeddingHandler
 from handlers.registry import detect_family, handler_class
 
 from .engine_loop import EngineLoop
-from .errors import JobError, server_error
+from .errors import EXIT_LOAD_FAILED, JobError, server_error
 from .jobs import WorkerJobs
 from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, JobBase,
                        LoadOptions, Output, SamplingParams, TokenizeJob)
@@ -44,6 +45,8 @@ class WorkerRuntime:
         self.handler: Handler | None = None
         self.loop: EngineLoop | None = None  # chat models: the thread that drives the model
         self._embed_lock = threading.Lock()
+        self._loaded = threading.Event()  # cleared while a reload or move is under way
+        self._moving = threading.Lock()
 
     @property
     def concurrency(self) -> int:
@@ -67,6 +70,7 @@ class WorkerRuntime:
             self.announcer.update(state="failed", error=e.message)
             raise
         self.handler, self.options = handler, options
+        self._loaded.set()
         if isinstance(handler, ChatHandler):
             if self.loop is None:
                 self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens,
@@ -109,16 +113,33 @@ class WorkerRuntime:
         if (reply := self._reply(job, event)) is not None:
             self.jobs.publish(*reply)
 
+    def reject(self, job_id: str, message: str) -> None:
+        """Fail a job whose payload could not be read (no reply channel known)."""
+        if job_id:
+            self.jobs.move(job_id, "failed", error=server_error(message).to_dict(), finished_at=time.time())
+
+    def _final(self, job: JobBase, status: str, event: Event, **fields: object) -> None:
+        """Record a final state; a Redis blip must not leave the job `running` forever."""
+        for attempt in range(6):
+            try:
+                self.jobs.move(job.job_id, status, notify=self._reply(job, event), finished_at=time.time(), **fields)
+                return
+            except redis.RedisError as e:
+                log.warning("job %s: could not record %s (%s); retrying", job.job_id, status, e)
+                time.sleep(min(0.25 * 2 ** attempt, 4.0))
+        log.error("job %s: %s could not be recorded; the front will see a lost worker or a timeout", job.job_id, status)
+
     def _finish(self, job: JobBase, result: dict) -> None:
-        self.jobs.move(job.job_id, "succeeded", notify=self._reply(job, Event(type="done", result=result)),
-                       result=result, finished_at=time.time())
+        self._final(job, "succeeded", Event(type="done", result=result), result=result)
 
     def _fail(self, job: JobBase, error: JobError) -> None:
-        self.jobs.move(job.job_id, "failed", notify=self._reply(job, Event(type="error", error=error.to_dict())),
-                       error=error.to_dict(), finished_at=time.time())
+        self._final(job, "failed", Event(type="error", error=error.to_dict()), error=error.to_dict())
 
     def _run(self, job: JobBase, body: Callable[[], dict | None]) -> None:
         job_id = job.job_id
+        if job.model != self.model_id:  # taken before this worker moved to another model
+            self._fail(job, moved_error(job.model))
+            return
         if not self._begin(job_id, job.deadline):
             return
         try:
@@ -132,11 +153,20 @@ class WorkerRuntime:
         else:
             if result is not None:
                 self._finish(job, result)
-            elif self.jobs.status(job_id) == "running":  # stopped by its deadline, not by a cancel
-                self._fail(job, JobError("The job ran past its deadline and was stopped.", status_code=504,
-                                            type="timeout_error", code="request_timeout"))
+            else:
+                try:
+                    stopped_by_deadline = self.jobs.status(job_id) == "running"  # not by a cancel
+                except redis.RedisError:
+                    stopped_by_deadline = True
+                if stopped_by_deadline:
+                    self._fail(job, JobError("The job ran past its deadline and was stopped.", status_code=504,
+                                             type="timeout_error", code="request_timeout"))
 
-    def _handler(self, kind: type[Handler]) -> Handler:
+    def _handler(self, kind: type[Handler], job: JobBase) -> Handler:
+        # During a reload (initialize, move) jobs wait for the model instead of failing.
+        self._loaded.wait(timeout=max(0.0, job.deadline - time.time()))
+        if job.model != self.model_id:
+            raise moved_error(job.model)
         if self.handler is None:
             raise server_error("The model is not loaded.")
         if not isinstance(self.handler, kind):
@@ -149,7 +179,7 @@ class WorkerRuntime:
 
     def generate(self, job: GenerateJob) -> None:
         def body() -> dict | None:
-            handler = self._handler(ChatHandler)
+            handler = self._handler(ChatHandler, job)
             assert isinstance(handler, ChatHandler) and self.loop is not None
             tools = handler.tool_plan(job.tools, job.tool_choice, job.parallel_tool_calls) if job.messages else None
             if job.messages is not None:
@@ -176,10 +206,12 @@ class WorkerRuntime:
             for p, (ids, budget) in enumerate(zip(prompts, budgets)):
                 for choice in range(job.n):
                     waiters.append(self.loop.submit(job.job_id, p * job.n + choice, ids, choice_params(job, choice),
-                                                    budget, reply_to, job.deadline, grammar,
+                                                    budget, reply_to, job.deadline, grammar, handler=handler,
                                                     filter=tools.filter() if tools and reply_to else None))
             for w in waiters:
-                w.done.wait()
+                while not w.done.wait(timeout=1.0):
+                    if not self.loop.is_alive():
+                        raise server_error("The worker's engine thread stopped.")
             if (err := next((w.error for w in waiters if w.error), None)) is not None:
                 raise err
             if any(w.seq is None or w.seq.finish_reason == "cancelled" for w in waiters):
@@ -202,7 +234,7 @@ class WorkerRuntime:
 
     def embed(self, job: EmbedJob) -> None:
         def body() -> dict:
-            handler = self._handler(EmbeddingHandler)
+            handler = self._handler(EmbeddingHandler, job)
             assert isinstance(handler, EmbeddingHandler)
             with self._embed_lock:
                 vectors, tokens = handler.embed(job.inputs, job.dimensions)
@@ -212,7 +244,7 @@ class WorkerRuntime:
     def tokenize(self, job: TokenizeJob) -> None:
         """Runs in the pool thread: tokenizers are thread-safe and the model is not needed."""
         def body() -> dict:
-            handler = self._handler(ChatHandler)
+            handler = self._handler(ChatHandler, job)
             assert isinstance(handler, ChatHandler)
             if job.tokens is not None:
                 vocab = int(handler.model.config.vocab_size)
@@ -230,60 +262,77 @@ class WorkerRuntime:
     def move_to(self, model_id: str, folder: Path, switch_queues: Callable[[str, str], None]) -> None:
         """Serve another model from now on (the API's worker move). Runs on a thread of its own:
         stop taking the old model's jobs, let running sequences finish, load the new model, then
-        consume its queue. Jobs still queued for the old model stay in Redis for its other workers.
-        On a failed load the worker goes back to its old model and queue."""
-        old_id, old_folder, old_family = self.model_id, self.folder, self.family
-        switch_queues("", queue_name(old_id))  # stop taking the old model's jobs
-        try:
-            def reload() -> None:
-                self.model_id, self.folder = model_id, folder
-                self.family = detect_family(model_id, folder)
-                self.announcer.update(model=model_id, state="loading", family=self.family.name)
-                self.handler = None
-                gc.collect()
-                _empty_cuda_cache()
-                self._load(self.options)
-            if self.loop is not None:
-                self.loop.call_when_idle(reload)
-            else:
-                with self._embed_lock:
-                    reload()
-        except Exception:  # noqa: BLE001 - go back to what worked, and say so in the log
-            log.exception("moving to %s failed; back to %s", model_id, old_id)
-            self.model_id, self.folder, self.family = old_id, old_folder, old_family
-            self.announcer.update(model=old_id, family=old_family.name)
-            if self.loop is not None:
-                self.loop.call_when_idle(lambda: self._load(self.options))
-            else:
-                self._load(self.options)
-            switch_queues(queue_name(old_id), "")
+        consume its queue. Jobs of the old model this worker had already taken are failed with a
+        503 naming the model (clients retry; another worker of it takes them), never run on the new
+        one. On a failed load the worker goes back to its old model and queue."""
+        if not self._moving.acquire(blocking=False):
+            log.warning("a move is already under way; ignoring the move to %s", model_id)
             return
-        switch_queues(queue_name(model_id), "")
-        log.info("moved from %s to %s", old_id, model_id)
+        try:
+            old = (self.model_id, self.folder)
+            switch_queues("", queue_name(old[0]))  # stop taking the old model's jobs
+            try:
+                self._reload(self.options, target=(model_id, folder))
+            except JobError:
+                log.exception("moving to %s failed; back to %s", model_id, old[0])
+                self._reload(self.options, target=old, fallback=None)
+                switch_queues(queue_name(old[0]), "")
+                return
+            switch_queues(queue_name(model_id), "")
+            log.info("moved from %s to %s", old[0], model_id)
+        finally:
+            self._moving.release()
 
-    def initialize(self, job: InitializeJob) -> None:
-        """Reload this worker's model with new options; on failure, go back to the old ones.
-        Running sequences finish first; jobs that arrive meanwhile wait, none is lost."""
-        def reload() -> dict:
-            previous = self.options
+    def _reload(self, options: LoadOptions, target: tuple[str, Path] | None = None,
+                fallback: LoadOptions | None = None) -> None:
+        """Replace the loaded model once running sequences are done. The old weights are released
+        first (old + new would not fit a GPU sized for one). Jobs that arrive meanwhile wait for
+        the new model (``_handler``). If neither the new options nor ``fallback`` load, the process
+        exits so that the supervisor restarts it, rather than heart-beating without a model."""
+        def swap() -> None:
+            self._loaded.clear()
             self.announcer.update(state="loading")
+            if target is not None:
+                self.model_id, self.folder = target
+                self.family = detect_family(*target)
+                self.announcer.update(model=target[0], family=self.family.name)
+            if self.loop is not None:
+                self.loop.engine.release()
             self.handler = None
             gc.collect()
             _empty_cuda_cache()
             try:
-                self._load(job.options)
+                self._load(options)
             except JobError:
-                self._load(previous)
+                if fallback is None:
+                    raise
+                try:
+                    self._load(fallback)
+                except JobError as e:
+                    log.critical("neither the new nor the previous model options load (%s); exiting", e.message)
+                    self.stop()
+                    os._exit(EXIT_LOAD_FAILED)
                 raise
+        if self.loop is not None:
+            self.loop.call_when_idle(swap)
+        else:
+            with self._embed_lock:
+                swap()
+
+    def initialize(self, job: InitializeJob) -> None:
+        """Reload this worker's model with new options; on failure, go back to the old ones.
+        Running sequences finish first; jobs that arrive meanwhile wait, none is lost."""
+        def body() -> dict:
+            self._reload(job.options, fallback=self.options)
             return {"model": self.model_id, "worker": self.name, **self.handler.describe(),  # type: ignore[union-attr]
                     "options": job.options.model_dump()}
-
-        def body() -> dict:
-            if self.loop is not None:
-                return self.loop.call_when_idle(reload)
-            with self._embed_lock:
-                return reload()
         self._run(job, body)
+
+
+def moved_error(model: str) -> JobError:
+    return JobError(f"This worker no longer serves `{model}`; retry and another worker of it will take the job.",
+                    status_code=503, type="service_unavailable", code="model_not_served", param="model",
+                    headers={"Retry-After": "1"})
 
 
 def choice_params(job: GenerateJob, choice: int) -> SamplingParams:

@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from celery.worker.control import control_command
+from pydantic import ValidationError
 
 from .catalog import resolve
 from .celery_app import create_celery
-from .errors import JobError
+from .errors import EXIT_LOAD_FAILED, JobError
 from .logging_setup import log_context, setup_logging
 from .payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, TASK_TOKENIZE, EmbedJob, GenerateJob,
                        InitializeJob, JobBase, TokenizeJob)
@@ -30,7 +31,6 @@ from .settings import get_settings
 
 log = logging.getLogger("llmhost.worker")
 
-EXIT_LOAD_FAILED = 3
 
 
 @contextmanager
@@ -70,29 +70,33 @@ def main(argv: list[str] | None = None) -> int:
     runtime = WorkerRuntime(settings, args.model, folder, name)
     app = create_celery(settings)
 
+    def run(task: str, kind: type[JobBase], payload: dict, work) -> None:  # noqa: ANN001
+        try:
+            job = kind.model_validate(payload)
+        except ValidationError as e:
+            # A payload this worker cannot read (API and worker versions apart): end the job rather
+            # than leave it queued, and never log the payload (it holds the prompt).
+            log.error("job %s: unreadable %s payload (%d problems)", payload.get("job_id"), task, e.error_count())
+            runtime.reject(str(payload.get("job_id", "")), f"The worker could not read this {task} job.")
+            return
+        with job_logging(job, task):
+            work(job)
+
     @app.task(name=TASK_GENERATE, ignore_result=True)
     def generate(payload: dict) -> None:
-        job = GenerateJob.model_validate(payload)
-        with job_logging(job, TASK_GENERATE):
-            runtime.generate(job)
+        run(TASK_GENERATE, GenerateJob, payload, runtime.generate)
 
     @app.task(name=TASK_EMBED, ignore_result=True)
     def embed(payload: dict) -> None:
-        job = EmbedJob.model_validate(payload)
-        with job_logging(job, TASK_EMBED):
-            runtime.embed(job)
+        run(TASK_EMBED, EmbedJob, payload, runtime.embed)
 
     @app.task(name=TASK_TOKENIZE, ignore_result=True)
     def tokenize(payload: dict) -> None:
-        job = TokenizeJob.model_validate(payload)
-        with job_logging(job, TASK_TOKENIZE):
-            runtime.tokenize(job)
+        run(TASK_TOKENIZE, TokenizeJob, payload, runtime.tokenize)
 
     @app.task(name=TASK_INITIALIZE, ignore_result=True)
     def initialize(payload: dict) -> None:
-        job = InitializeJob.model_validate(payload)
-        with job_logging(job, TASK_INITIALIZE):
-            runtime.initialize(job)
+        run(TASK_INITIALIZE, InitializeJob, payload, runtime.initialize)
 
     @control_command(args=[("model", str)], signature="<model>")
     def llmhost_move(state, model: str) -> dict:  # noqa: ANN001 - Celery's control state

@@ -65,21 +65,18 @@ def choose(row: torch.Tensor, params: SamplingParams, generator: torch.Generator
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
-def next_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """Choice without history (no penalties): kept for callers that sample a single row."""
-    return choose(logits.float(), params, generator)
-
-
 Describe = Callable[[int], tuple[str, list[int]]]  # token id → (text, exact bytes)
 
 
-def _entry(lp_row: torch.Tensor, token: int, top: int, describe: Describe, logprob: bool = True) -> TokenLogprob:
+def _entry(lp_row: torch.Tensor, token: int, top: int, describe: Describe) -> TokenLogprob:
     text, raw = describe(token)
     alternatives = []
     if top:
         values, ids = torch.topk(lp_row, top)
-        alternatives = [(*describe(int(i))[:1], float(v), describe(int(i))[1]) for v, i in zip(values.tolist(), ids.tolist())]
-    return TokenLogprob(token=text, bytes=raw, logprob=float(lp_row[token]) if logprob else None, top=alternatives)
+        for v, i in zip(values.tolist(), ids.tolist()):
+            alt_text, alt_raw = describe(int(i))
+            alternatives.append((alt_text, float(v), alt_raw))
+    return TokenLogprob(token=text, bytes=raw, logprob=float(lp_row[token]), top=alternatives)
 
 
 def token_logprob(raw: torch.Tensor, token: int, top: int, describe: Describe) -> TokenLogprob:

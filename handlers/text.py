@@ -35,6 +35,16 @@ class IncrementalDecoder:
         return ""  # an incomplete character: wait for the next token
 
 
+def partial_prefix_tail(text: str, candidates: Sequence[str], longest: int) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of one of ``candidates``
+    (``longest``: the longest candidate): the text a stream must hold back until it knows."""
+    for n in range(min(longest - 1, len(text)), 0, -1):
+        tail = text[-n:]
+        if any(c.startswith(tail) for c in candidates):
+            return n
+    return 0
+
+
 class StopMatcher:
     """Accumulates text; reports what is safe to emit and whether a stop string was hit."""
 
@@ -64,12 +74,7 @@ class StopMatcher:
         return self._release(len(self.text))
 
     def _held_back(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of a stop string."""
-        for n in range(min(self._longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-n:]
-            if any(s.startswith(tail) for s in self.stops):
-                return n
-        return 0
+        return partial_prefix_tail(self.text, self.stops, self._longest)
 
     def _release(self, upto: int) -> str:
         upto = max(upto, self.emitted)

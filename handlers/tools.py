@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 
 from tasks.payloads import Message, ToolCall
 
+from .text import partial_prefix_tail
+
 log = logging.getLogger(__name__)
 
 Parse = Callable[[str], "tuple[str | None, list[ToolCall]]"]
@@ -226,11 +228,7 @@ class ToolCallFilter:
             body = self.text.lstrip()
             if not body or any(m.startswith(body) for m in self.start_markers):
                 return len(self.text) - self.emitted
-        for n in range(min(self._longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-n:]
-            if any(m.startswith(tail) for m in self.markers):
-                return n
-        return 0
+        return partial_prefix_tail(self.text, self.markers, self._longest)
 
     def _before_space(self, upto: int) -> int:
         while upto > self.emitted and self.text[upto - 1].isspace():

@@ -127,6 +127,10 @@ def stack(tmp_path_factory, tiny_models: Path) -> Stack:
         **os.environ,
         "LLMHOST_REDIS_URL": server.url, "LLMHOST_MODELS_DIR": str(tiny_models),
         "LLMHOST_STATE_DIR": str(root / "state"), "LLMHOST_TORCH_THREADS": "1",
+        # fp32 on every machine: `auto` is bf16 on CPUs with AMX/AVX512-BF16 and fp32 elsewhere, and
+        # bf16 greedy output shifts with batch shape and prefix-cache hits. The suite asserts the
+        # same thing everywhere; tests of bf16 itself ask for it.
+        "LLMHOST_DTYPE": "float32",
         "LLMHOST_REQUEST_TIMEOUT": "120", "LLMHOST_HEARTBEAT_INTERVAL": "1", "LLMHOST_HEARTBEAT_TTL": "3",
         "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
     }

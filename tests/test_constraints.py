@@ -19,9 +19,10 @@ from tests.test_families import load
 
 pytestmark = pytest.mark.slow
 
-# The small schema: a string, an integer, an enum and an array of strings, all required. The bounds
-# make 200 tokens always enough, whatever a sampled 135M model rambles (unbounded, one seed in 20
-# wrote a name of 200 tokens at temperature 1.0: valid so far, but cut by the limit).
+# Every free string and array is bounded, so the grammar itself guarantees an end: the JSON is
+# compact (no free whitespace) and one character costs at most 6 tokens (a \\uXXXX escape, byte by
+# byte), so WORST_* tokens always reach the closing brace, whatever a sampled 135M model rambles
+# (unbounded, one seed in 20 wrote a 200-token name, and a bf16 machine ran a title to the limit).
 SMALL = {
     "type": "object",
     "properties": {
@@ -32,13 +33,15 @@ SMALL = {
     },
     "required": ["name", "age", "color", "hobbies"],
 }
+WORST_SMALL = 6 * (40 + 4 * 24) + 80  # free characters × 6, plus keys, punctuation, numbers, enum
 NESTED = {
     "type": "object",
     "properties": {
         "title": {"type": "string", "maxLength": 40},
         "author": {
             "type": "object",
-            "properties": {"name": {"type": "string"}, "born": {"type": "integer", "minimum": 1000, "maximum": 2100}},
+            "properties": {"name": {"type": "string", "maxLength": 30},
+                           "born": {"type": "integer", "minimum": 1000, "maximum": 2100}},
             "required": ["name", "born"],
         },
         "chapters": {
@@ -47,16 +50,18 @@ NESTED = {
             "maxItems": 3,
             "items": {
                 "type": "object",
-                "properties": {"title": {"type": "string"}, "pages": {"type": "integer", "minimum": 1},
-                               "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}},
+                "properties": {"title": {"type": "string", "maxLength": 30},
+                               "pages": {"type": "integer", "minimum": 1, "maximum": 9999},
+                               "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 2}},
                 "required": ["title", "pages"],
             },
         },
         "in_print": {"type": "boolean"},
-        "rating": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+        "rating": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 5}, {"type": "null"}]},
     },
     "required": ["title", "author", "chapters", "in_print"],
 }
+WORST_NESTED = 6 * (40 + 30 + 3 * (30 + 2 * 12)) + 200
 ENUM_ONLY = {"enum": ["positive", "negative", "neutral"]}
 
 PERSON = [Message(role="system", content="You reply with JSON only."),
@@ -68,7 +73,8 @@ FREE = [Message(role="user", content="Return a JSON object with two keys: name a
 
 @pytest.fixture(scope="module")
 def smol(tiny_models):
-    return load(tiny_models, SMOL)
+    # fp32 everywhere: greedy answers must not depend on whether the CPU has native bf16.
+    return load(tiny_models, SMOL, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +154,10 @@ def test_json_object_greedy(smol, compiler):
 
 def test_small_schema_greedy_and_sampled(smol, compiler):
     grammar = compiler.json_schema(SMALL)
-    [(text, finish)] = decode(smol, grammar, PERSON)
+    [(text, finish)] = decode(smol, grammar, PERSON, max_tokens=WORST_SMALL)
     assert_valid(text, finish, SMALL)
     timings: list[float] = []
-    results = decode(smol, grammar, PERSON, seeds=range(20), temperature=1.0, timings=timings)
+    results = decode(smol, grammar, PERSON, seeds=range(20), temperature=1.0, timings=timings, max_tokens=WORST_SMALL)
     assert len({text for text, _ in results}) > 1, "20 seeds at temperature 1.0 gave one answer"
     for text, finish in results:
         assert_valid(text, finish, SMALL)
@@ -161,7 +167,8 @@ def test_small_schema_greedy_and_sampled(smol, compiler):
 
 def test_nested_schema(smol, compiler):
     grammar = compiler.json_schema(NESTED)
-    results = decode(smol, grammar, BOOK, seeds=(None,)) + decode(smol, grammar, BOOK, seeds=(1, 2, 3), temperature=0.7)
+    results = (decode(smol, grammar, BOOK, seeds=(None,), max_tokens=WORST_NESTED)
+               + decode(smol, grammar, BOOK, seeds=(1, 2, 3), temperature=0.7, max_tokens=WORST_NESTED))
     for text, finish in results:
         value = assert_valid(text, finish, NESTED)
         assert isinstance(value["author"], dict) and 1 <= len(value["chapters"]) <= 3

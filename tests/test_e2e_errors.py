@@ -93,7 +93,7 @@ def test_request_timeout_ends_with_error_and_cancels(stack):
     the worker is free again right after (it stopped generating)."""
     url = stack.start_api("api-timeout", LLMHOST_REQUEST_TIMEOUT="1.5")
     body = {"model": SMOL, "messages": [{"role": "user", "content": "Write a very long story."}],
-            "max_tokens": 1500, "temperature": 0}
+            "max_tokens": 1500, "temperature": 0, "ignore_eos": True}  # long, whatever the model says
     started = time.perf_counter()
     r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
     assert time.perf_counter() - started < 5

@@ -271,7 +271,7 @@ def test_large_bodies_are_413_with_or_without_length(limited):
 def test_full_queue_is_429_with_retry_after(stack, http, limited):
     redis = stack.redis
     body = {"model": SMOL, "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
-            "max_tokens": 4000}
+            "max_tokens": 4000, "ignore_eos": True}  # slow jobs, whatever the model says
     job_ids: list[str] = []
     try:
         # Real load: slow jobs until the worker holds all it can take and the rest wait in Redis.

@@ -20,7 +20,7 @@ from tests.test_families import load
 pytestmark = pytest.mark.slow
 
 # Every free string and array is bounded, so the grammar itself guarantees an end: the JSON is
-# compact (no free whitespace) and one character costs at most 6 tokens (a \\uXXXX escape, byte by
+# compact (no free whitespace) and one character costs at most 6 tokens (a \uXXXX escape, byte by
 # byte), so WORST_* tokens always reach the closing brace, whatever a sampled 135M model rambles
 # (unbounded, one seed in 20 wrote a 200-token name, and a bf16 machine ran a title to the limit).
 SMALL = {

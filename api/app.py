@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from tasks.celery_app import create_celery
-from tasks.client import JobClient
-from tasks.logging_setup import setup_logging
-from tasks.settings import Settings, get_settings
+from tasks.contract.celery_app import create_celery
+from tasks.contract.logging_setup import setup_logging
+from tasks.contract.settings import Settings, get_settings
+from tasks.queue.client import JobClient
 
 from . import metrics as metrics_routes
 from .errors import register_error_handlers

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from tasks.settings import Settings
+from tasks.contract.settings import Settings
 
 from .gateway import Gateway
 

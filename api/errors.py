@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tasks.errors import JobError
+from tasks.contract.errors import JobError
 
 log = logging.getLogger("llmhost.api")
 
@@ -40,7 +40,8 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> JobError:
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     param = _loc_to_param(tuple(first.get("loc", ())))
     param = f"{prefix}.{param}" if prefix and param else (prefix or param)
-    msg = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+    text = str(first.get("msg", "invalid request"))
+    msg = f"{param}: {text}" if param else text
     return JobError(msg, status_code=400, param=param or None, code="invalid_value")
 
 
@@ -53,8 +54,8 @@ def register_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        param = _loc_to_param(tuple(first.get("loc", ())))
-        msg = first.get("msg", "invalid request")
+        param: str | None = _loc_to_param(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid request"))
         if first.get("type") == "json_invalid":
             msg, param = "The request body is not valid JSON.", None
         elif param:

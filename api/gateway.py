@@ -14,14 +14,25 @@ from typing import Any
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from tasks.catalog import list_models, resolve
-from tasks.client import JobClient, JobWatch, new_job_id
-from tasks.errors import JobError
-from tasks.logging_setup import bind, request_id_var
-from tasks.payloads import (TASK_EMBED, TASK_GENERATE, TASK_INITIALIZE, EmbedJob, EmbedResult, GenerateJob,
-                            GenerateResult, InitializeJob, LoadOptions, TASK_TOKENIZE, TokenizeJob)
-from tasks.presence import WorkerInfo
-from tasks.settings import Settings
+from tasks.contract.catalog import list_models, resolve
+from tasks.contract.errors import JobError
+from tasks.contract.logging_setup import bind, request_id_var
+from tasks.contract.payloads import (
+    TASK_EMBED,
+    TASK_GENERATE,
+    TASK_INITIALIZE,
+    TASK_TOKENIZE,
+    EmbedJob,
+    EmbedResult,
+    GenerateJob,
+    GenerateResult,
+    InitializeJob,
+    LoadOptions,
+    TokenizeJob,
+)
+from tasks.contract.records import WorkerInfo
+from tasks.contract.settings import Settings
+from tasks.queue.client import JobClient, JobWatch, new_job_id
 
 from . import responses
 from .guards import stable_sampling
@@ -203,6 +214,7 @@ class Gateway:
         job_id = new_job_id("job")
         deadline = time.time() + self.settings.job_ttl
         meta: dict[str, Any] = {}
+        job: GenerateJob | EmbedJob
         if isinstance(body, ChatCompletionRequest):
             job, task, kind = self.chat_job(body, job_id, deadline), TASK_GENERATE, "chat"
         elif isinstance(body, CompletionRequest):
@@ -295,7 +307,7 @@ class Gateway:
             raise JobError(f"No live worker named `{name}`.", status_code=404, code="worker_not_found", param="name")
         replies = await asyncio.to_thread(self.jobs.celery.control.broadcast, "llmhost_move",
                                           arguments={"model": model}, destination=[name], reply=True, timeout=5)
-        answer = next(iter(replies[0].values()), {}) if replies else {}
+        answer: dict[str, Any] = next(iter(replies[0].values()), {}) if replies else {}
         if not answer:
             raise JobError(f"The worker `{name}` did not answer.", status_code=504, type="timeout_error",
                            code="worker_timeout")

@@ -7,7 +7,7 @@ meets NaN. Such values mean greedy decoding, so that is what the worker is asked
 
 from __future__ import annotations
 
-from tasks.payloads import SamplingParams
+from tasks.contract.payloads import SamplingParams
 
 MIN_TEMPERATURE = 1e-4  # below: greedy (a softmax this sharp is an argmax anyway)
 MIN_TOP_P = 1e-6  # below: the nucleus is the single most likely token, which 1e-6 keeps too

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from tasks.catalog import list_models
-from tasks.errors import JobError
-from tasks.presence import queue_depths
+from tasks.contract.catalog import list_models
+from tasks.contract.errors import JobError
+from tasks.queue.presence import queue_depths
 
 from .middleware import request_started
 

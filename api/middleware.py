@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tasks.errors import JobError
-from tasks.logging_setup import bind
+from tasks.contract.errors import JobError
+from tasks.contract.logging_setup import bind
 
 if TYPE_CHECKING:
     from .metrics import Metrics

@@ -10,8 +10,8 @@ import math
 
 import redis.asyncio as aioredis
 
-from tasks.errors import JobError
-from tasks.presence import queue_name
+from tasks.contract.errors import JobError
+from tasks.contract.records import queue_name
 
 MAX_RETRY_AFTER = 5
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-
-from tasks.payloads import EmbedResult, GenerateResult, TokenLogprob, ToolCall
+from tasks.contract.payloads import EmbedResult, GenerateResult, TokenLogprob, ToolCall
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:

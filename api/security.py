@@ -16,8 +16,8 @@ from typing import Iterable, Optional
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tasks.errors import JobError
-from tasks.settings import load_api_keys
+from tasks.contract.errors import JobError
+from tasks.contract.settings import load_api_keys
 
 __all__ = ["ApiKeyMiddleware", "KeyChecker", "bearer_token", "load_api_keys"]
 

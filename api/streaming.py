@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from tasks.errors import JobError
-from tasks.payloads import GenerateResult, TokenLogprob, ToolCall
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import GenerateResult, TokenLogprob, ToolCall
 
 from .gateway import Submitted
 from .responses import chat_logprobs, completion_logprobs, totals

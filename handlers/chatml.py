@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tasks.payloads import Message
+from tasks.contract.payloads import Message
 
 from .base import ChatHandler
 from .tools import dumps, hermes_call, hf_tools

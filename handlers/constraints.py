@@ -460,8 +460,9 @@ class _Checker:
     def _disjoint(self, options: list, where: str) -> bool:
         resolved = [self._deref(o, where) for o in options]
         kinds = [_kinds(o) for o in resolved]
-        if all(k is not None for k in kinds) and all(
-                not _overlap(kinds[i], kinds[j]) for i in range(len(kinds)) for j in range(i + 1, len(kinds))):
+        known = [k for k in kinds if k is not None]
+        if len(known) == len(kinds) and all(
+                not _overlap(known[i], known[j]) for i in range(len(known)) for j in range(i + 1, len(known))):
             return True
         return self._discriminated(resolved, where)
 
@@ -568,5 +569,5 @@ def _close_objects(schema: Any) -> Any:
         else:
             out[key] = value  # enum/const/default values are data, not schemas
     if ("properties" in out and not {"additionalProperties", "patternProperties", "minProperties"} & out.keys()):
-        out["additionalProperties"] = False
+        out["additionalProperties"] = False  # type: ignore[assignment]  # a schema value, like the others
     return out

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from tasks.errors import invalid_request
+from tasks.contract.errors import invalid_request
 
 from .base import Handler
 from .loading import choose_placement, load_error

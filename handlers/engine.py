@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tasks.payloads import SamplingParams, TokenLogprob
+from tasks.contract.payloads import SamplingParams, TokenLogprob
 
 from .prefix_cache import KV, PrefixCache
 from .sampling import apply_penalties, choose, make_generator, prompt_logprobs, token_logprob
@@ -163,8 +163,8 @@ class Engine:
         """One forward for the group's prompts. A row whose prompt starts with a cached prefix
         computes only the rest: its cache row is [pad | prefix | pad | rest], masked accordingly."""
         echo = group[0].params.prompt_logprobs is not None  # then the group is that one sequence
-        use_cache = self.prefix_cache is not None and not echo
-        hits = [self.prefix_cache.lookup(s.prompt_ids) if use_cache else (0, None) for s in group]
+        prefixes = self.prefix_cache if not echo else None
+        hits = [prefixes.lookup(s.prompt_ids) if prefixes is not None else (0, None) for s in group]
         cached = [n for n, _ in hits]
         rest = [s.prompt_ids[n:] for s, (n, _) in zip(group, hits)]
         wp, ws = max(cached), max(len(r) for r in rest)
@@ -199,7 +199,7 @@ class Engine:
         layers = []
         for layer in range(n_layers):
             keys, values = [], []
-            for n, kv in hits:
+            for _, kv in hits:
                 if kv is None:
                     ref_k, ref_v = next(kv for _, kv in hits if kv is not None)[layer]
                     shape = (1, ref_k.shape[1], width, ref_k.shape[3])
@@ -338,7 +338,7 @@ class Engine:
         if not keep:
             self._cache = self._mask = self._lengths = self._pending = None
             return
-        assert self._mask is not None and self._lengths is not None and self._pending is not None
+        assert self._cache is not None and self._mask is not None and self._lengths is not None and self._pending is not None
         idx = torch.tensor(keep, device=self.device)
         self._cache.batch_select_indices(idx)
         self._mask, self._lengths, self._pending = self._mask[idx], self._lengths[idx], self._pending[idx]

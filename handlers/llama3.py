@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tasks.errors import invalid_request
-from tasks.payloads import Message, ToolCall
+from tasks.contract.errors import invalid_request
+from tasks.contract.payloads import Message, ToolCall
 
 from .base import ChatHandler
 from .tools import arguments_object, decode_json, dumps, hf_tools, make_call

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from tasks.errors import JobError
-from tasks.payloads import LoadOptions
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import LoadOptions
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def load_causal_lm(folder: Path, options: LoadOptions) -> tuple[Any, Any, Placem
             model = AutoModelForCausalLM.from_pretrained(
                 folder, dtype=placement.dtype, quantization_config=qconfig, device_map={"": placement.device}, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=placement.dtype, **kwargs).to(placement.device)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=placement.dtype, **kwargs)
+            model = model.to(placement.device)  # type: ignore[arg-type]  # transformers' stub types .to()
     except JobError:
         raise
     except Exception as e:  # noqa: BLE001

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from tasks.errors import invalid_request
-from tasks.payloads import Message, ToolCall
+from tasks.contract.errors import invalid_request
+from tasks.contract.payloads import Message, ToolCall
 
 from .base import ChatHandler
-from .tools import (alnum9_call_id, arguments_object, as_alnum9, content_before, decode_json, dumps, forced_schema,
-                    hf_tools, make_call)
+from .tools import (
+    alnum9_call_id,
+    arguments_object,
+    as_alnum9,
+    content_before,
+    decode_json,
+    dumps,
+    forced_schema,
+    hf_tools,
+    make_call,
+)
 
 TOOL_CALLS = "[TOOL_CALLS]"
 

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from tasks.payloads import SamplingParams, TokenLogprob
+from tasks.contract.payloads import SamplingParams, TokenLogprob
 
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:

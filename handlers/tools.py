@@ -15,7 +15,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from tasks.payloads import Message, ToolCall
+from tasks.contract.payloads import Message, ToolCall
 
 from .text import partial_prefix_tail
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from tasks.redis_server import RedisServer, free_port
+from tasks.supervisor.redis_server import RedisServer, free_port
 from tests.tiny_models import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.catalog import list_models, resolve
-from tasks.errors import JobError
+from tasks.contract.catalog import list_models, resolve
+from tasks.contract.errors import JobError
 from tests.conftest import MINILM, SMOL, TINY_CHATML
 
 

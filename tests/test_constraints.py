@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from handlers.constraints import GrammarCompiler, UnsupportedSchema, mask_batch
-from tasks.payloads import Message
+from tasks.contract.payloads import Message
 from tests.conftest import SMOL
 from tests.test_families import load
 

@@ -1,7 +1,6 @@
 """Concurrent requests to one worker are decoded together, and each still gets its own answer."""
 
 import time
-
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.conftest import TINY_CHATML

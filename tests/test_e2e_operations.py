@@ -12,7 +12,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.presence import queue_name
+from tasks.contract.records import queue_name
 from tests.conftest import SMOL, TINY_CHATML
 
 ENV_KEYS = ("sk-test-one", "sk-test-two")

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tasks.redis_server import RedisServer
+from tasks.supervisor.redis_server import RedisServer
 from tests.conftest import TINY_CHATML, Stack, _wait
 
 BODY = {"model": TINY_CHATML, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}

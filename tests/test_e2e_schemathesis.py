@@ -10,8 +10,8 @@ loading the machine.
 from __future__ import annotations
 
 import collections
-import os
 import json
+import os
 
 import pytest
 import schemathesis

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from handlers.engine import Engine, run_to_completion
-from tasks.payloads import Message, SamplingParams
+from tasks.contract.payloads import Message, SamplingParams
 from tests.conftest import SMOL, TINY_CHATML, TINY_LLAMA3, TINY_MISTRAL
 from tests.test_families import load
 

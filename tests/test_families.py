@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from handlers.registry import detect_family, family_by_name, handler_class
-from tasks.errors import JobError
-from tasks.payloads import LoadOptions, Message, SamplingParams
-from tests.conftest import (MINILM, SMOL, TINY_BERT, TINY_CHATML, TINY_GENERIC, TINY_LLAMA3, TINY_MISTRAL)
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import LoadOptions, Message, SamplingParams
+from tests.conftest import MINILM, SMOL, TINY_BERT, TINY_CHATML, TINY_GENERIC, TINY_LLAMA3, TINY_MISTRAL
 
 CONVERSATION = [
     Message(role="system", content="Be brief."),

@@ -20,9 +20,9 @@ from api.schemas.chat import ChatCompletionRequest, ChatMessage
 from api.schemas.completions import CompletionRequest
 from api.schemas.legacy import GenerateRequest
 from api.security import KeyChecker, bearer_token
-from tasks.errors import JobError
-from tasks.payloads import SamplingParams
-from tasks.settings import Settings
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import SamplingParams
+from tasks.contract.settings import Settings
 
 settings.register_profile("llmhost", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("llmhost")

@@ -13,9 +13,9 @@ from api.metrics import Metrics, outcome_of
 from api.middleware import sane_request_id
 from api.overload import queue_full, retry_after
 from api.security import KeyChecker, bearer_token
-from tasks.errors import JobError
-from tasks.logging_setup import ContextFilter, JsonFormatter, TextFormatter, job_logger, log_context
-from tasks.settings import Settings, load_api_keys
+from tasks.contract.errors import JobError
+from tasks.contract.logging_setup import ContextFilter, JsonFormatter, TextFormatter, job_logger, log_context
+from tasks.contract.settings import Settings, load_api_keys
 
 
 @pytest.mark.parametrize("raw,expected", [

@@ -3,7 +3,7 @@
 import sys
 import time
 
-from tasks.supervisor import Child
+from tasks.supervisor.main import Child
 
 
 def test_dead_child_is_restarted_with_backoff():

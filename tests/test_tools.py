@@ -15,8 +15,8 @@ from api.schemas.chat import ChatCompletionRequest, ChatMessage
 from handlers.engine import Engine, run_to_completion
 from handlers.registry import detect_family, handler_class
 from handlers.tools import ToolCallFilter, as_alnum9
-from tasks.errors import JobError
-from tasks.payloads import LoadOptions, Message, SamplingParams, ToolCall
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import LoadOptions, Message, SamplingParams, ToolCall
 from tests.conftest import SMOL, TINY_CHATML, TINY_LLAMA3, TINY_MISTRAL
 
 try:

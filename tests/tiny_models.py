@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import transformers
-from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
-                        processors, trainers)
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 FAMILIES = ("chatml", "llama3", "mistral", "generic", "bert")
 

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from tasks.errors import JobError
-from tasks.payloads import GenerateResult
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import GenerateResult
 
 from ..deps import GatewayDep, SettingsDep
 from ..errors import from_validation_error

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from tasks.errors import JobError
+from tasks.contract.errors import JobError
 
 from ..deps import GatewayDep
 

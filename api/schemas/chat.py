@@ -7,10 +7,10 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.errors import invalid_request
-from tasks.payloads import Message, ToolCall
+from tasks.contract.errors import invalid_request
+from tasks.contract.payloads import Message, ToolCall
 
-from .common import OpenAIModel, SamplingFields
+from .common import SamplingFields
 
 
 class ContentPart(BaseModel):
@@ -96,7 +96,7 @@ class ChatCompletionRequest(SamplingFields):
         """``tools`` as the worker's function specs ``{"name", "description", "parameters"}``."""
         if not self.tools:
             return None
-        specs = []
+        specs: list[dict[str, Any]] = []
         for i, tool in enumerate(self.tools):
             param = f"tools[{i}]"
             if not isinstance(tool, dict) or tool.get("type") != "function":

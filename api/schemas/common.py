@@ -7,8 +7,8 @@ from typing import Any, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.errors import invalid_request
-from tasks.payloads import SamplingParams
+from tasks.contract.errors import invalid_request
+from tasks.contract.payloads import SamplingParams
 
 log = logging.getLogger("llmhost.api")
 

@@ -6,7 +6,7 @@ from typing import Any, ClassVar, Optional, Union
 
 from pydantic import Field
 
-from tasks.errors import invalid_request
+from tasks.contract.errors import invalid_request
 
 from .common import SamplingFields
 

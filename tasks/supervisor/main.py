@@ -14,8 +14,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from .redis_server import RedisServer
-from .settings import get_settings, load_api_keys
+from tasks.contract.settings import get_settings, load_api_keys
+from tasks.supervisor.redis_server import RedisServer
 
 MAX_BACKOFF = 30.0
 

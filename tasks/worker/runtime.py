@@ -18,14 +18,25 @@ import redis
 from handlers.base import ChatHandler, Handler
 from handlers.embedding import EmbeddingHandler
 from handlers.registry import detect_family, handler_class
-
-from .engine_loop import EngineLoop
-from .errors import EXIT_LOAD_FAILED, JobError, server_error
-from .jobs import WorkerJobs
-from .payloads import (EmbedJob, EmbedResult, Event, GenerateJob, GenerateResult, InitializeJob, JobBase,
-                       LoadOptions, Output, SamplingParams, TokenizeJob)
-from .presence import Announcer, queue_name
-from .settings import Settings
+from tasks.contract.errors import EXIT_LOAD_FAILED, JobError, server_error
+from tasks.contract.payloads import (
+    EmbedJob,
+    EmbedResult,
+    Event,
+    GenerateJob,
+    GenerateResult,
+    InitializeJob,
+    JobBase,
+    LoadOptions,
+    Output,
+    SamplingParams,
+    TokenizeJob,
+)
+from tasks.contract.records import queue_name
+from tasks.contract.settings import Settings
+from tasks.worker.announcer import Announcer
+from tasks.worker.engine_loop import EngineLoop
+from tasks.worker.jobs import WorkerJobs
 
 log = logging.getLogger("llmhost.worker")
 
@@ -183,11 +194,11 @@ class WorkerRuntime:
             assert isinstance(handler, ChatHandler) and self.loop is not None
             tools = handler.tool_plan(job.tools, job.tool_choice, job.parallel_tool_calls) if job.messages else None
             if job.messages is not None:
-                texts = [None]
+                texts: list[str | None] = [None]
                 prompts = [handler.encode_chat(job.messages, tools.tools if tools else None, tools.prefill if tools else "")]
             else:
                 texts = list(job.prompts or [])
-                prompts = [handler.encode_prompt(p) for p in texts]
+                prompts = [handler.encode_prompt(p) for p in job.prompts or []]
             if tools is not None and tools.constraint is not None:  # a forced call: its grammar
                 job.sampling = job.sampling.model_copy(update={"constraint": tools.constraint})
             budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]

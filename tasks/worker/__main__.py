@@ -1,0 +1,5 @@
+import sys
+
+from tasks.worker.main import main
+
+sys.exit(main())

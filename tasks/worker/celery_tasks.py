@@ -1,0 +1,119 @@
+"""The Celery tasks a worker runs, at module level: each reads its payload and hands it to the
+process's :class:`~tasks.worker.runtime.WorkerRuntime` (bound once by :func:`bind`).
+
+``shared_task`` registers them with the app the worker builds (``create_celery``); the front never
+imports this module: it sends tasks by name (``tasks.contract.payloads.TASK_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from celery import shared_task
+from celery.worker.control import control_command
+from pydantic import ValidationError
+
+from tasks.contract.catalog import resolve
+from tasks.contract.errors import JobError
+from tasks.contract.logging_setup import log_context
+from tasks.contract.payloads import (
+    TASK_EMBED,
+    TASK_GENERATE,
+    TASK_INITIALIZE,
+    TASK_TOKENIZE,
+    EmbedJob,
+    GenerateJob,
+    InitializeJob,
+    JobBase,
+    TokenizeJob,
+)
+
+if TYPE_CHECKING:
+    from tasks.worker.runtime import WorkerRuntime
+
+log = logging.getLogger("llmhost.worker")
+
+_runtime: "WorkerRuntime | None" = None
+
+
+def bind(runtime: "WorkerRuntime") -> None:
+    """The one runtime of this process, which every task delegates to."""
+    global _runtime
+    _runtime = runtime
+
+
+def _bound() -> "WorkerRuntime":
+    if _runtime is None:
+        raise RuntimeError("tasks.worker.celery_tasks.bind(runtime) was not called")
+    return _runtime
+
+
+@contextmanager
+def job_logging(job: JobBase, task: str) -> Iterator[None]:
+    """Every line logged by this task's thread while it runs carries the job's and request's ids;
+    one line per job says how long it took (never what it said)."""
+    started = time.perf_counter()
+    with log_context(job_id=job.job_id, request_id=job.request_id):
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            log.info("job %s ended after %.3f s", job.job_id, seconds, extra={"task": task, "seconds": round(seconds, 3)})
+
+
+def run(task: str, kind: type[JobBase], payload: dict[str, Any], work: Callable[[Any], None]) -> None:
+    runtime = _bound()
+    try:
+        job = kind.model_validate(payload)
+    except ValidationError as e:
+        # A payload this worker cannot read (API and worker versions apart): end the job rather
+        # than leave it queued, and never log the payload (it holds the prompt).
+        log.error("job %s: unreadable %s payload (%d problems)", payload.get("job_id"), task, e.error_count())
+        runtime.reject(str(payload.get("job_id", "")), f"The worker could not read this {task} job.")
+        return
+    with job_logging(job, task):
+        work(job)
+
+
+@shared_task(name=TASK_GENERATE, ignore_result=True)
+def generate(payload: dict[str, Any]) -> None:
+    run(TASK_GENERATE, GenerateJob, payload, _bound().generate)
+
+
+@shared_task(name=TASK_EMBED, ignore_result=True)
+def embed(payload: dict[str, Any]) -> None:
+    run(TASK_EMBED, EmbedJob, payload, _bound().embed)
+
+
+@shared_task(name=TASK_TOKENIZE, ignore_result=True)
+def tokenize(payload: dict[str, Any]) -> None:
+    run(TASK_TOKENIZE, TokenizeJob, payload, _bound().tokenize)
+
+
+@shared_task(name=TASK_INITIALIZE, ignore_result=True)
+def initialize(payload: dict[str, Any]) -> None:
+    run(TASK_INITIALIZE, InitializeJob, payload, _bound().initialize)
+
+
+@control_command(args=[("model", str)], signature="<model>")
+def llmhost_move(state: Any, model: str) -> dict[str, str]:
+    """Remote control (the API's `POST /v1/workers/{name}/model`): serve another model."""
+    runtime = _bound()
+    try:
+        target = resolve(runtime.settings.models_dir, model).path
+    except JobError as e:
+        return {"error": e.message}
+    consumer = state.consumer
+
+    def switch(add: str, cancel: str) -> None:  # queue changes happen on the consumer's loop
+        if cancel:
+            consumer.call_soon(consumer.cancel_task_queue, cancel)
+        if add:
+            consumer.call_soon(consumer.add_task_queue, add)
+
+    threading.Thread(target=runtime.move_to, args=(model, target, switch), name="llmhost-move", daemon=True).start()
+    return {"ok": f"moving to {model}"}

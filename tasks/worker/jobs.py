@@ -1,0 +1,32 @@
+"""The worker's synchronous view of job records: start, finish, and the cheap cancel check."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from tasks.contract.records import TRANSITION_LUA, job_key, transition_args
+
+
+class WorkerJobs:
+    """The worker's synchronous view: start, finish, and the cheap cancel check."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._r = client
+        self._ttl = ttl
+        self._transition = client.register_script(TRANSITION_LUA)
+
+    def move(self, job_id: str, status: str, *, notify: tuple[str, str] | None = None, **fields: Any) -> str:
+        """Move the job; when it moved and ``notify`` is (channel, message), publish that in the same
+        atomic step (one round trip, and no event for a move that did not happen)."""
+        keys = [job_key(job_id)] + ([notify[0]] if notify else [])
+        res = self._transition(keys=keys, args=transition_args(status, self._ttl, fields, notify[1] if notify else ""))
+        return res.decode() if isinstance(res, bytes) else res
+
+    def status(self, job_id: str) -> str | None:
+        s = self._r.hget(job_key(job_id), "status")
+        return s.decode() if isinstance(s, bytes) else s
+
+    def publish(self, channel: str, event_json: str) -> None:
+        self._r.publish(channel, event_json)

@@ -1,0 +1,68 @@
+"""A worker process: ``python -m tasks.worker --model VENDOR/MODEL``.
+
+Loads the one model first (announcing ``loading``), then consumes only that model's queue. A model
+that fails to load is announced as ``failed`` and the process exits non-zero, so the supervisor
+(``make run``) or the container runtime restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+
+from tasks.contract.catalog import resolve
+from tasks.contract.celery_app import create_celery
+from tasks.contract.errors import EXIT_LOAD_FAILED, JobError
+from tasks.contract.logging_setup import setup_logging
+from tasks.contract.records import queue_name
+from tasks.contract.settings import get_settings
+
+log = logging.getLogger("llmhost.worker")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.worker", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("LLMHOST_MODEL"), help="model id: folder under LLM/")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error("--model (or LLMHOST_MODEL) is required")
+
+    settings = get_settings()
+    setup_logging(settings.log_level, settings.log_format, context={"service": "worker", "model": args.model})
+    try:
+        folder = resolve(settings.models_dir, args.model).path
+    except JobError as e:
+        log.error("%s (models dir: %s)", e.message, settings.models_dir)
+        return 2
+
+    if settings.log_format == "json":  # stderr holds JSON lines only: no progress bars, no banner
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # torch comes in here, not at import of the package.
+    from tasks.worker import celery_tasks
+    from tasks.worker.runtime import WorkerRuntime
+
+    name = f"{args.model.replace('/', '--')}-{os.getpid()}@{socket.gethostname()}"
+    app = create_celery(settings)
+    runtime = WorkerRuntime(settings, args.model, folder, name)
+    celery_tasks.bind(runtime)
+    try:
+        runtime.start()
+    except JobError as e:
+        log.error("model %s failed to load: %s", args.model, e.message)
+        return EXIT_LOAD_FAILED
+    try:
+        # threads pool: the model lives in this process (no fork after torch is loaded) and up to
+        # max_batch jobs are in flight, each pool thread waiting on its sequences while the engine
+        # thread batches them. Prefetch 1 per thread: beyond that, jobs wait in Redis, where any
+        # worker of this model can take them.
+        quiet = ["--quiet"] if settings.log_format == "json" else []  # no startup banner among JSON lines
+        app.worker_main([
+            *quiet, "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",
+            "-Q", queue_name(args.model), "-n", name, "-E",
+            "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
+        ])
+    finally:
+        runtime.stop()
+    return 0

@@ -136,7 +136,7 @@ class Gateway:
 
     async def _admit(self, job: BaseModel) -> None:
         """Refuse at once (429) when the model's queue is full; bind the job id for the log lines."""
-        await check_queue(self.redis, job.model, self.settings.max_queue_depth)  # type: ignore[attr-defined]
+        await check_queue(self.redis, job.model, job.klass, self.settings.max_queue_depth)  # type: ignore[attr-defined]
         bind(job_id=job.job_id)  # type: ignore[attr-defined]
 
     async def _submit(self, task: str, job: BaseModel, endpoint: str, kind: str, meta: dict[str, Any]) -> Submitted:
@@ -224,6 +224,7 @@ class Gateway:
             job, task, kind = self.embed_job(body, job_id, deadline), TASK_EMBED, "embedding"
             meta["encoding_format"] = body.encoding_format
         await self.ensure_served(job.model, kind)
+        job.klass = "background"  # behind every interactive request (tasks/worker/gate.py)
         return await self._submit_background(task, job, endpoint, meta)
 
     async def _submit_background(self, task: str, job: BaseModel, endpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
@@ -272,10 +273,14 @@ class Gateway:
             await self.redis.ping()
         except Exception as e:  # noqa: BLE001
             return False, {"redis": f"unreachable: {type(e).__name__}", "workers_ready": 0}
-        workers = await self.workers()
-        n = sum(w.state == "ready" for w in workers)
-        return n > 0, {"redis": "ok", "workers_ready": n,
-                       "models": sorted({w.model for w in workers if w.state == "ready"})}
+        workers = await self.workers(fresh=True)
+        served = {w.model for w in workers if w.state == "ready"}
+        missing = [m for m in self.settings.models_to_ready if m not in served]
+        info: dict[str, Any] = {"redis": "ok", "workers_ready": sum(w.state == "ready" for w in workers),
+                                "models": sorted(served), "missing": missing}
+        # Ready means every model it must serve has a ready worker (LLMHOST_READY_MODELS, else the
+        # default models), so `make run`'s "ready" line and a load balancer's check mean it.
+        return bool(served) and not missing, info
 
     # --- tokenization ----------------------------------------------------------------------------
 

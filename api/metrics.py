@@ -94,13 +94,14 @@ class Metrics:
         self.redis_up.set(up)
         for m in models:
             mine = [w for w in workers if w.model == m]
-            if not mine and not depths.get(m):
+            waiting = sum(depths.get(m, {}).values())
+            if not mine and not waiting:
                 continue  # a folder nobody serves and nothing waits for: no series
             for state in WORKER_STATES:
                 self.workers.labels(m, state).set(sum(w.state == state for w in mine))
             self.running.labels(m).set(sum(w.running for w in mine))
             self.waiting.labels(m).set(sum(w.waiting for w in mine))
-            self.queue_depth.labels(m).set(depths.get(m, 0))
+            self.queue_depth.labels(m).set(waiting)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

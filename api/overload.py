@@ -29,10 +29,12 @@ def queue_full(model: str, depth: int, limit: int) -> JobError:
     )
 
 
-async def check_queue(client: aioredis.Redis, model: str, limit: int) -> None:
-    """Raise 429 ``queue_full`` when ``limit`` > 0 and the model's queue holds ``limit`` jobs or more."""
+async def check_queue(client: aioredis.Redis, model: str, klass: str, limit: int) -> None:
+    """Raise 429 ``queue_full`` when ``limit`` > 0 and the model's queue of this class holds
+    ``limit`` jobs or more: each class has its own limit, so a backlog of bulk work never turns
+    interactive requests away."""
     if limit <= 0:
         return
-    depth = int(await client.llen(queue_name(model)) or 0)
+    depth = int(await client.llen(queue_name(model, klass)) or 0)  # type: ignore[arg-type]
     if depth >= limit:
         raise queue_full(model, depth, limit)

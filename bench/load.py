@@ -165,13 +165,13 @@ def worker_pids(url: str) -> list[int]:
 class Server:
     """`python -m tasks.supervisor` serving one model on a free port, with its own Redis."""
 
-    def __init__(self, max_batch: int, threads: int, dtype: str, log: Path) -> None:
+    def __init__(self, max_batch: int, threads: int, dtype: str, log: Path, **extra_env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if k != "LLMHOST_REDIS_URL"}
         env.update(LLMHOST_PORT=str(self.port), LLMHOST_DEFAULT_MODELS=json.dumps([MODEL_ID]),
                    LLMHOST_MAX_BATCH=str(max_batch), LLMHOST_TORCH_THREADS=str(threads), LLMHOST_DTYPE=dtype,
-                   LLMHOST_STATE_DIR=str(ROOT / ".state" / f"bench-{self.port}"), HF_HUB_OFFLINE="1")
+                   LLMHOST_STATE_DIR=str(ROOT / ".state" / f"bench-{self.port}"), HF_HUB_OFFLINE="1", **extra_env)
         self.proc = subprocess.Popen([sys.executable, "-m", "tasks.supervisor"], cwd=ROOT, env=env,
                                      stdout=log.open("wb"), stderr=subprocess.STDOUT)
 

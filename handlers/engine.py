@@ -57,6 +57,7 @@ class Sequence:
     output_counts: Counter = field(default_factory=Counter)
     logprobs: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
+    priority: int = 0  # 0 interactive, 1 background, 2 batch
     _unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
     _last_logprob: TokenLogprob | None = None
 
@@ -75,7 +76,7 @@ class StepOutput:
 
 class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
-                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096) -> None:
+                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0) -> None:
         self.handler = handler
         self.prefix_cache = PrefixCache(max_tokens=prefix_cache_tokens) if prefix_cache_tokens else None
         self.max_prefill_tokens = max_prefill_tokens
@@ -84,6 +85,8 @@ class Engine:
         self.device = handler.device
         self.max_batch = max(1, max_batch)
         self.max_batch_tokens = max_batch_tokens
+        # Interactive rows and bulk rows (priority >= 1) may each hold at most this many rows.
+        self.class_cap = self.max_batch - reserved_slots if 0 < reserved_slots < self.max_batch else self.max_batch
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         # Batch state, row i ↔ running[i]: KV cache, attention mask over cache columns, real lengths.
@@ -96,14 +99,16 @@ class Engine:
     # --- requests ---------------------------------------------------------------------------
 
     def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-            grammar: Any = None) -> Sequence:
-        seq = Sequence(seq_id, list(prompt_ids), params, max_tokens)
+            grammar: Any = None, priority: int = 0) -> Sequence:
+        seq = Sequence(seq_id, list(prompt_ids), params, max_tokens, priority=priority)
         seq.decoder = IncrementalDecoder(self.handler.decode, seq.prompt_ids[-_DECODE_CONTEXT:])
         seq.stops = StopMatcher(params.stop)
         seq.generator = make_generator(params, self.device)
         seq.matcher = grammar.matcher() if grammar is not None else None
         seq.logprobs = [] if params.logprobs is not None else None
-        self.waiting.append(seq)
+        # Waiting in (priority, arrival) order: after the last waiting sequence of its class or better.
+        at = next((i for i, w in enumerate(self.waiting) if w.priority > priority), len(self.waiting))
+        self.waiting.insert(at, seq)
         return seq
 
     def abort(self, seq_id: str) -> None:
@@ -143,18 +148,24 @@ class Engine:
         """Waiting requests that fit (batch size, KV token budget, prefill chunk), in arrival order."""
         admitted: list[Sequence] = []
         tokens, chunk = self.kv_tokens, 0
+        rows = [sum(s.priority == 0 for s in self.running), sum(s.priority > 0 for s in self.running)]
         while self.waiting and len(self.running) + len(admitted) < self.max_batch:
-            head = self.waiting[0]
+            head = next((s for s in self.waiting if rows[s.priority > 0] < self.class_cap), None)
+            if head is None:
+                break  # both classes at their share of the batch
             need = len(head.prompt_ids)
             if head.params.prompt_logprobs is not None:
                 if not admitted:  # it needs logits at every prompt position: prefilled alone
-                    admitted.append(self.waiting.popleft())
+                    self.waiting.remove(head)
+                    admitted.append(head)
                 break
             if admitted and chunk + need > self.max_prefill_tokens:
                 break  # the rest go in the next prefill
             if (self.running or admitted) and tokens + need > self.max_batch_tokens:
                 break  # wait for room; a lone request is always admitted
-            admitted.append(self.waiting.popleft())
+            self.waiting.remove(head)
+            admitted.append(head)
+            rows[head.priority > 0] += 1
             tokens += need
             chunk += need
         return admitted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from tasks.contract.payloads import LoadOptions
 
@@ -29,7 +29,8 @@ class GenerateRequest(BaseModel):
     model: Optional[str] = None
     prompt: Optional[str] = None
     messages: Optional[list[dict]] = None
-    max_new_tokens: int = Field(128, ge=1)
+    # Old clients send `max_tokens` too (the OpenAI name): the same field.
+    max_new_tokens: int = Field(128, ge=1, validation_alias=AliasChoices("max_new_tokens", "max_tokens"))
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: Optional[int] = None

@@ -10,6 +10,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, Field
 
+from tasks.contract.records import JobClass
+
 Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "initialize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -78,6 +80,8 @@ class JobBase(BaseModel):
     reply_to: Optional[str] = None
     # The X-Request-ID of the HTTP request that made the job, for the worker's log lines.
     request_id: Optional[str] = None
+    # Its priority class: which of the model's queues carries it, and its place in the batch.
+    klass: JobClass = "interactive"
 
 
 class GenerateJob(JobBase):

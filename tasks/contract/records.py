@@ -10,18 +10,32 @@ script live here; the front's async view is :mod:`tasks.queue.store`, the worker
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 JOB_KEY = "llmhost:job:{}"
 REPLY_CHANNEL = "llmhost:replies:{}"
 WORKER_KEY = "llmhost:worker:{}"
 WORKER_PATTERN = "llmhost:worker:*"
+# Every worker name ever announced (until a reaper has dealt with its death), and per worker the
+# jobs it has taken and not yet ended: what must be delivered again if it dies.
+WORKER_NAMES = "llmhost:workers"
+HELD_KEY = "llmhost:held:{}"
+
+# Priority classes, in the order a worker takes them: sync and streaming requests, async jobs
+# (/v1/jobs, background responses), the Batch API. Each has its own Celery queue per model.
+JobClass = Literal["interactive", "background", "batch"]
+CLASSES: tuple[JobClass, ...] = ("interactive", "background", "batch")
+# Final statuses: a job never leaves one (the scripts below refuse).
+FINAL = ("succeeded", "failed", "cancelled")
 
 # KEYS[1] job hash, KEYS[2] optional channel; ARGV[1] new status; ARGV[2] fallback ttl; ARGV[3] the
 # message to publish on KEYS[2] when the move happens; ARGV[4..] field/value pairs.
 # The ttl the front chose at creation (field `ttl`) wins, so the front's setting decides expiry.
 # Returns "ok" when the move happened, otherwise the current status ("" for an unknown job).
+# A claim (-> running) counts an attempt and puts the job in its worker's held set; a final move
+# takes it out of the held set of whichever worker had it.
 TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return '' end
@@ -30,8 +44,58 @@ if ARGV[1] == 'running' and cur ~= 'queued' then return cur end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 4))
 local ttl = redis.call('HGET', KEYS[1], 'ttl') or ARGV[2]
 redis.call('EXPIRE', KEYS[1], tonumber(ttl))
+local worker = redis.call('HGET', KEYS[1], 'worker')
+if worker then
+  local held = 'llmhost:held:' .. worker
+  if ARGV[1] == 'running' then
+    redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+    redis.call('SADD', held, string.sub(KEYS[1], 13))
+    redis.call('EXPIRE', held, tonumber(ttl))
+  elseif ARGV[1] ~= 'queued' then
+    redis.call('SREM', held, string.sub(KEYS[1], 13))
+  end
+end
 if KEYS[2] and ARGV[3] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[3]) end
 return 'ok'
+"""
+
+# A worker received the job's message (not yet started): note it, so that if this worker dies
+# before starting it, a reaper knows the message died with it. KEYS[1] job, ARGV[1] worker name.
+RESERVE_LUA = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'worker', ARGV[1])
+local held = 'llmhost:held:' .. ARGV[1]
+redis.call('SADD', held, string.sub(KEYS[1], 13))
+redis.call('EXPIRE', held, tonumber(redis.call('HGET', KEYS[1], 'ttl') or 3600))
+return 1
+"""
+
+# The worker ARGV[1] is dead; decide job KEYS[1] (taken out of KEYS[2], that worker's held set):
+#   'gone'    already final, expired, or now another worker's: nothing to do
+#   'requeue' never started, or started but nothing reached a client: queued again (the caller
+#             sends its message again from the stored payload)
+#   'lost'    a stream had already shown tokens: failed with ARGV[3] (a half-sent answer cannot
+#             be replayed invisibly)
+#   'poison'  it was started ARGV[2] times and killed its worker each time: failed with ARGV[4]
+REAP_LUA = """
+redis.call('SREM', KEYS[2], string.sub(KEYS[1], 13))
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur or (cur ~= 'queued' and cur ~= 'running') then return 'gone' end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 'gone' end
+redis.call('HDEL', KEYS[1], 'worker')
+if cur == 'running' then
+  if redis.call('HGET', KEYS[1], 'streamed') == '1' then
+    redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[3], 'finished_at', ARGV[5])
+    return 'lost'
+  end
+  if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') >= tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[4], 'finished_at', ARGV[5])
+    return 'poison'
+  end
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'requeued_at', ARGV[5])
+  redis.call('HDEL', KEYS[1], 'started_at')
+end
+return 'requeue'
 """
 
 
@@ -64,9 +128,25 @@ def decode_record(raw: dict) -> dict[str, Any]:
 
 
 
-def queue_name(model_id: str) -> str:
-    """The Celery queue that the workers of one model consume."""
-    return f"llmhost.model.{model_id}"
+def queue_name(model_id: str, klass: JobClass = "interactive") -> str:
+    """The Celery queue of one model and priority class (interactive keeps the plain name)."""
+    return f"llmhost.model.{model_id}" if klass == "interactive" else f"llmhost.model.{model_id}.{klass}"
+
+
+def worker_lost_error(worker: str) -> dict[str, Any]:
+    return {"message": f"The worker running this job ({worker}) stopped responding after it had sent part of "
+                       "the answer.", "type": "server_error", "param": None, "code": "worker_lost", "status_code": 502}
+
+
+def reap_args(dead_worker: str, max_attempts: int) -> list[Any]:
+    """ARGV of REAP_LUA, the same for the front's and the workers' reapers."""
+    return [dead_worker, max_attempts, json.dumps(worker_lost_error(dead_worker)), json.dumps(poison_error(max_attempts)),
+            time.time()]
+
+
+def poison_error(attempts: int) -> dict[str, Any]:
+    return {"message": f"This job was started {attempts} times and each time its worker died; it is not retried "
+                       "again.", "type": "server_error", "param": None, "code": "worker_crashed", "status_code": 500}
 
 
 @dataclass

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         "sentence-transformers/all-MiniLM-L6-v2",
     ]
 
+    # What /ready waits for (every one needs a ready worker); unset = default_models.
+    ready_models: Optional[list[str]] = None
+
     # Front behaviour.
     request_timeout: float = Field(300.0, gt=0, description="seconds a sync request or stream may wait")
     job_ttl: int = Field(3600, gt=0, description="seconds a finished job's record is kept")
@@ -50,6 +53,9 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(32768, ge=16, description="prompt+generated tokens held in the KV cache before new sequences wait")
     max_prefill_tokens: int = Field(512, ge=16, description="prompt tokens prefilled in one step (more wait for the next)")
     prefix_cache_tokens: int = Field(4096, ge=0, description="tokens of prompt-prefix KV kept for reuse; 0 = off")
+    reserved_slots: Optional[int] = Field(None, ge=0, description="batch rows interactive and bulk work each leave "
+                                          "to the other; unset = max_batch // 8; 0 = no split")
+    max_attempts: int = Field(3, ge=1, description="starts of a job whose worker dies each time before it fails")
 
     log_level: str = "INFO"
 
@@ -87,6 +93,22 @@ class Settings(BaseSettings):
         if v is None:
             return None
         return v if v.is_absolute() else (PROJECT_ROOT / v)
+
+    @field_validator("reserved_slots")
+    @classmethod
+    def _reserve_fits(cls, v: Optional[int], info: Any) -> Optional[int]:
+        batch = info.data.get("max_batch", 32)
+        if v and v >= batch:
+            raise ValueError(f"reserved_slots ({v}) must be smaller than max_batch ({batch}); 0 turns priorities off")
+        return v
+
+    @property
+    def slots_reserved(self) -> int:
+        return self.max_batch // 8 if self.reserved_slots is None else self.reserved_slots
+
+    @property
+    def models_to_ready(self) -> list[str]:
+        return self.default_models if self.ready_models is None else self.ready_models
 
     @field_validator("heartbeat_ttl")
     @classmethod

@@ -13,6 +13,7 @@ message, a dead worker or a deadline never leaves it waiting forever.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -22,9 +23,10 @@ import redis.asyncio as aioredis
 from celery import Celery
 from pydantic import BaseModel
 
+from tasks.contract.celery_app import send_job
 from tasks.contract.errors import JobError
 from tasks.contract.payloads import Event
-from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
+from tasks.contract.records import WORKER_KEY, JobClass, WorkerInfo, queue_name, reply_channel
 from tasks.queue.presence import live_workers
 from tasks.queue.store import JobStore
 
@@ -109,9 +111,10 @@ class EventHub:
 
 
 class JobClient:
-    def __init__(self, redis_client: aioredis.Redis, celery: Celery, job_ttl: int) -> None:
+    def __init__(self, redis_client: aioredis.Redis, celery: Celery, job_ttl: int, max_attempts: int = 3) -> None:
         self.redis = redis_client
         self.celery = celery
+        self.max_attempts = max_attempts
         self.store = JobStore(redis_client, job_ttl)
         self.hub = EventHub(redis_client)
         self._presence: tuple[float, list[WorkerInfo]] = (0.0, [])
@@ -132,14 +135,13 @@ class JobClient:
         if watch:
             job.reply_to = self.hub.channel  # type: ignore[attr-defined]
             watcher = JobWatch(self, job_id, model, deadline=job.deadline)  # type: ignore[attr-defined]
+        klass: JobClass = job.klass  # type: ignore[attr-defined]
+        queue = queue_name(model, klass)
+        payload = job.model_dump(mode="json")
         try:
-            await self.store.create(job_id, endpoint, model, meta)
-            await asyncio.to_thread(
-                self.celery.send_task, task, args=[job.model_dump(mode="json")],
-                task_id=job_id, queue=queue_name(model),
-                # Task events (Flower) show argsrepr: never the prompt.
-                argsrepr=f"<{task} {job_id} for {model}>", kwargsrepr="{}",
-            )
+            await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=klass,
+                                    payload=json.dumps(payload))
+            await asyncio.to_thread(send_job, self.celery, task, payload, job_id, queue)
         except BaseException:
             # Interrupted (the client left, Redis failed) once the record may exist: the job must
             # still end in a final state, and a message already on its way must not run (cancelling
@@ -169,17 +171,23 @@ class JobClient:
         return any(w.model == model and w.state != "failed" for w in await live_workers(self.redis))
 
     async def reconcile(self, job_id: str, rec: dict[str, Any]) -> dict[str, Any]:
-        """Fail a job that can no longer finish: its worker died while running it, or no worker of
-        its model is left while it waits. Returns the (possibly updated) record."""
-        err = None
-        if rec["status"] == "running" and not await self.worker_alive(rec.get("worker", "")):
-            err = JobError(f"The worker running this job ({rec.get('worker')}) stopped responding.",
-                           status_code=502, type="server_error", code="worker_lost")
-        elif rec["status"] == "queued" and not await self.model_has_worker(rec.get("model", "")):
+        """Settle a job whose worker died (delivered again, or failed when that cannot be done
+        invisibly: tasks.contract.records.REAP_LUA decides), and fail an interactive job that
+        waits while no worker of its model is left (a client is waiting on it; background and
+        batch jobs wait for a worker until their deadline). Returns the (possibly updated) record."""
+        worker = rec.get("worker", "")
+        if rec["status"] in ("queued", "running") and worker and not await self.worker_alive(worker):
+            outcome = await self.store.reap(job_id, worker, self.max_attempts)
+            if outcome == "requeue" and rec.get("payload"):
+                await asyncio.to_thread(send_job, self.celery, rec["task"], json.loads(rec["payload"]), job_id,
+                                        rec["queue"])
+            return await self.store.get(job_id) or rec
+        if (rec["status"] == "queued" and rec.get("class", "interactive") == "interactive"
+                and not await self.model_has_worker(rec.get("model", ""))):
             err = JobError(f"No worker is serving `{rec.get('model')}` any more.", status_code=503,
                            type="service_unavailable", code="model_not_served", param="model")
-        if err is not None and await self.store.move(job_id, "failed", error=err.to_dict()) == "ok":
-            rec = {**rec, "status": "failed", "error": err.to_dict()}
+            if await self.store.move(job_id, "failed", error=err.to_dict()) == "ok":
+                rec = {**rec, "status": "failed", "error": err.to_dict()}
         return rec
 
 

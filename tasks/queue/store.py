@@ -8,7 +8,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tasks.contract.records import TRANSITION_LUA, decode_record, job_key, transition_args
+from tasks.contract.records import (
+    HELD_KEY,
+    REAP_LUA,
+    TRANSITION_LUA,
+    decode_record,
+    job_key,
+    reap_args,
+    transition_args,
+)
 
 
 class JobStore:
@@ -18,14 +26,19 @@ class JobStore:
         self._r = client
         self._ttl = ttl
         self._transition = client.register_script(TRANSITION_LUA)
+        self._reap = client.register_script(REAP_LUA)
 
-    async def create(self, job_id: str, endpoint: str, model: str, meta: dict[str, Any]) -> float:
+    async def create(self, job_id: str, endpoint: str, model: str, meta: dict[str, Any], *,
+                     task: str, queue: str, klass: str, payload: str) -> float:
+        """Record a queued job with what it takes to deliver it again (task, queue, payload) should
+        its worker die before anyone saw its output."""
         created = time.time()
         key = job_key(job_id)
         async with self._r.pipeline(transaction=True) as p:
             p.hset(key, mapping={
                 "status": "queued", "endpoint": endpoint, "model": model,
                 "created_at": created, "meta": json.dumps(meta), "ttl": self._ttl,
+                "task": task, "queue": queue, "class": klass, "payload": payload, "attempts": 0,
             })
             p.expire(key, self._ttl)
             await p.execute()
@@ -38,4 +51,11 @@ class JobStore:
     async def move(self, job_id: str, status: str, **fields: Any) -> str:
         fields.setdefault("finished_at", time.time())
         res = await self._transition(keys=[job_key(job_id)], args=transition_args(status, self._ttl, fields))
+        return res.decode() if isinstance(res, bytes) else res
+
+    async def reap(self, job_id: str, dead_worker: str, max_attempts: int) -> str:
+        """Decide a job of a dead worker (REAP_LUA): 'requeue' (the caller sends it again), 'lost',
+        'poison' or 'gone'."""
+        res = await self._reap(keys=[job_key(job_id), HELD_KEY.format(dead_worker)],
+                               args=reap_args(dead_worker, max_attempts))
         return res.decode() if isinstance(res, bytes) else res

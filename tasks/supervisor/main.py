@@ -92,6 +92,14 @@ def main() -> int:
     try:
         while not stopping:
             now = time.monotonic()
+            if redis_server and not redis_server.alive():
+                # Same port, same data dir: it reloads its append-only file and everyone reconnects.
+                print(f"[llmhost] redis-server exited with {redis_server.proc.returncode if redis_server.proc else '?'}; "
+                      "restarting it", file=sys.stderr, flush=True)
+                try:
+                    redis_server.start()
+                except RuntimeError as e:
+                    print(f"[llmhost] {e}; retrying", file=sys.stderr, flush=True)
             for child in children:
                 child.check(now)
             if not announced and _ready(f"{base}/ready", api_key):

@@ -37,9 +37,13 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    """``persist``: an append-only file in ``data_dir``, fsynced every second, so queued jobs and
+    job records survive a crash of Redis itself (at most the last second of writes is lost)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.persist = persist
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -50,8 +54,8 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-             "--save", "", "--appendonly", "no", "--logfile", str(self.data_dir / "redis.log"),
-             "--protected-mode", "yes"],
+             "--save", "", "--appendonly", "yes" if self.persist else "no", "--appendfsync", "everysec",
+             "--logfile", str(self.data_dir / "redis.log"), "--protected-mode", "yes"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -72,3 +76,6 @@ class RedisServer:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None

@@ -13,7 +13,9 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from celery import shared_task
+import redis
+from celery import bootsteps, shared_task
+from celery.signals import task_received
 from celery.worker.control import control_command
 from pydantic import ValidationError
 
@@ -75,8 +77,28 @@ def run(task: str, kind: type[JobBase], payload: dict[str, Any], work: Callable[
         log.error("job %s: unreadable %s payload (%d problems)", payload.get("job_id"), task, e.error_count())
         runtime.reject(str(payload.get("job_id", "")), f"The worker could not read this {task} job.")
         return
-    with job_logging(job, task):
+    with job_logging(job, task), runtime.gate.slot(job.klass):
         work(job)
+
+
+@task_received.connect
+def _received(request: Any = None, **_: Any) -> None:
+    """On the consumer's thread, as the message arrives (before a pool thread starts it): if this
+    worker dies before starting it, the reapers know the message died with it."""
+    if _runtime is not None and request is not None:
+        try:
+            _runtime.jobs.reserve(request.id, _runtime.name)
+        except redis.RedisError as e:
+            log.warning("job %s: could not note its reservation (%s)", request.id, e)
+
+
+class ConsumerHandle(bootsteps.StartStopStep):
+    """Hands Celery's consumer to the class gate, which pauses and resumes the class queues."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def start(self, c: Any) -> None:
+        _bound().gate.attach(c)
 
 
 @shared_task(name=TASK_GENERATE, ignore_result=True)
@@ -109,11 +131,11 @@ def llmhost_move(state: Any, model: str) -> dict[str, str]:
         return {"error": e.message}
     consumer = state.consumer
 
-    def switch(add: str, cancel: str) -> None:  # queue changes happen on the consumer's loop
-        if cancel:
-            consumer.call_soon(consumer.cancel_task_queue, cancel)
-        if add:
-            consumer.call_soon(consumer.add_task_queue, add)
+    def switch(add: list[str], cancel: list[str]) -> None:  # queue changes happen on the consumer's loop
+        for q in cancel:
+            consumer.call_soon(consumer.cancel_task_queue, q)
+        for q in add:
+            consumer.call_soon(consumer.add_task_queue, q)
 
     threading.Thread(target=runtime.move_to, args=(model, target, switch), name="llmhost-move", daemon=True).start()
     return {"ok": f"moving to {model}"}

@@ -40,6 +40,7 @@ class SeqWaiter:
     error: JobError | None = None
     # Streams only: (delta, final) -> the text to publish (tool calls keep their markup out of content).
     filter: Callable[[str, bool], str] | None = None
+    streamed: bool = False  # some text of it went out: its job can no longer be redelivered invisibly
 
 
 @dataclass
@@ -50,6 +51,7 @@ class _Add:
     max_tokens: int
     grammar: Any = None
     handler: Any = None  # the handler that tokenised the prompt: must still be the engine's
+    priority: int = 0  # 0 interactive, 1 background, 2 batch
 
 
 @dataclass
@@ -62,11 +64,12 @@ class _Call:
 
 class EngineLoop(threading.Thread):
     def __init__(self, handler: ChatHandler, client: redis.Redis, max_batch: int, max_batch_tokens: int,
-                 max_prefill_tokens: int, prefix_cache_tokens: int) -> None:
+                 max_prefill_tokens: int, prefix_cache_tokens: int, reserved_slots: int = 0) -> None:
         super().__init__(name="llmhost-engine", daemon=True)
         self.client = client
         self._limits = (max_batch, max_batch_tokens, max_prefill_tokens, prefix_cache_tokens)
-        self.engine = Engine(handler, *self._limits)
+        self._reserved = reserved_slots
+        self.engine = self._new_engine(handler)
         self._inbox: "queue.SimpleQueue[_Add | _Call | None]" = queue.SimpleQueue()
         self._waiters: dict[str, SeqWaiter] = {}
         self._last_cancel_check = 0.0
@@ -81,9 +84,9 @@ class EngineLoop(threading.Thread):
 
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
                reply_to: str | None, deadline: float, grammar: Any = None,
-               filter: Callable[[str, bool], str] | None = None, handler: Any = None) -> SeqWaiter:
+               filter: Callable[[str, bool], str] | None = None, handler: Any = None, priority: int = 0) -> SeqWaiter:
         waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter)
-        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar, handler))
+        self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar, handler, priority))
         return waiter
 
     def call_when_idle(self, fn: Callable[[], Any]) -> Any:
@@ -134,7 +137,8 @@ class EngineLoop(threading.Thread):
         self._seq_counter += 1
         seq_id = f"{item.waiter.job_id}#{item.waiter.index}#{self._seq_counter}"
         try:
-            item.waiter.seq = self.engine.add(seq_id, item.prompt_ids, item.params, item.max_tokens, item.grammar)
+            item.waiter.seq = self.engine.add(seq_id, item.prompt_ids, item.params, item.max_tokens, item.grammar,
+                                              priority=item.priority)
         except Exception as e:  # noqa: BLE001 - e.g. a matcher that cannot be made: fail this one only
             item.waiter.error = server_error(f"Could not start this sequence: {type(e).__name__}: {e}")
             item.waiter.done.set()
@@ -147,7 +151,10 @@ class EngineLoop(threading.Thread):
 
     def replace_engine(self, handler: ChatHandler) -> None:
         """On the loop thread, with the engine idle: serve a freshly loaded model."""
-        self.engine = Engine(handler, *self._limits)
+        self.engine = self._new_engine(handler)
+
+    def _new_engine(self, handler: ChatHandler) -> Engine:
+        return Engine(handler, *self._limits, reserved_slots=self._reserved)
 
     def _step(self) -> None:
         self._check_cancelled()
@@ -161,12 +168,13 @@ class EngineLoop(threading.Thread):
                 waiter.error = err
                 waiter.done.set()
             self._waiters.clear()
-            self.engine = Engine(self.engine.handler, *self._limits)
+            self.engine = self._new_engine(self.engine.handler)
             return
         if not outputs:
             return
         try:
-            with self.client.pipeline(transaction=False) as pipe:
+            # MULTI: a delta and the `streamed` mark reach Redis together or not at all.
+            with self.client.pipeline(transaction=True) as pipe:
                 for out in outputs:
                     waiter = self._waiters[out.seq.id]
                     delta = waiter.filter(out.delta, out.finished) if waiter.filter else out.delta
@@ -174,6 +182,9 @@ class EngineLoop(threading.Thread):
                         event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=delta,
                                       logprobs=out.logprobs or None)
                         pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
+                        if not waiter.streamed:  # from now on a dead worker fails it (tasks/worker/reaper.py)
+                            waiter.streamed = True
+                            pipe.hset(job_key(waiter.job_id), "streamed", 1)
                 pipe.execute()
         except redis.RedisError as e:
             log.warning("could not publish deltas: %s", e)

@@ -6,7 +6,16 @@ from typing import Any
 
 import redis
 
-from tasks.contract.records import TRANSITION_LUA, job_key, transition_args
+from tasks.contract.records import (
+    HELD_KEY,
+    REAP_LUA,
+    RESERVE_LUA,
+    TRANSITION_LUA,
+    decode_record,
+    job_key,
+    reap_args,
+    transition_args,
+)
 
 
 class WorkerJobs:
@@ -16,6 +25,8 @@ class WorkerJobs:
         self._r = client
         self._ttl = ttl
         self._transition = client.register_script(TRANSITION_LUA)
+        self._reserve = client.register_script(RESERVE_LUA)
+        self._reap = client.register_script(REAP_LUA)
 
     def move(self, job_id: str, status: str, *, notify: tuple[str, str] | None = None, **fields: Any) -> str:
         """Move the job; when it moved and ``notify`` is (channel, message), publish that in the same
@@ -30,3 +41,16 @@ class WorkerJobs:
 
     def publish(self, channel: str, event_json: str) -> None:
         self._r.publish(channel, event_json)
+
+    def reserve(self, job_id: str, worker: str) -> None:
+        """This worker received the job's message (RESERVE_LUA)."""
+        self._reserve(keys=[job_key(job_id)], args=[worker])
+
+    def reap(self, job_id: str, dead_worker: str, max_attempts: int) -> tuple[str, dict[str, Any] | None]:
+        """Decide a job of a dead worker (REAP_LUA); with 'requeue', also its record (to resend it)."""
+        res = self._reap(keys=[job_key(job_id), HELD_KEY.format(dead_worker)], args=reap_args(dead_worker, max_attempts))
+        outcome = res.decode() if isinstance(res, bytes) else res
+        if outcome != "requeue":
+            return outcome, None
+        raw = self._r.hgetall(job_key(job_id))
+        return outcome, decode_record(raw) if raw else None

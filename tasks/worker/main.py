@@ -16,7 +16,6 @@ from tasks.contract.catalog import resolve
 from tasks.contract.celery_app import create_celery
 from tasks.contract.errors import EXIT_LOAD_FAILED, JobError
 from tasks.contract.logging_setup import setup_logging
-from tasks.contract.records import queue_name
 from tasks.contract.settings import get_settings
 
 log = logging.getLogger("llmhost.worker")
@@ -41,17 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # torch comes in here, not at import of the package.
     from tasks.worker import celery_tasks
+    from tasks.worker.reaper import Reaper
     from tasks.worker.runtime import WorkerRuntime
 
     name = f"{args.model.replace('/', '--')}-{os.getpid()}@{socket.gethostname()}"
     app = create_celery(settings)
     runtime = WorkerRuntime(settings, args.model, folder, name)
     celery_tasks.bind(runtime)
+    app.steps["consumer"].add(celery_tasks.ConsumerHandle)
     try:
         runtime.start()
     except JobError as e:
         log.error("model %s failed to load: %s", args.model, e.message)
         return EXIT_LOAD_FAILED
+    # Delivers again what dead workers held (this worker's own former self included).
+    reaper = Reaper(runtime.redis, runtime.jobs, app, name, settings.max_attempts, settings.heartbeat_interval)
+    reaper.start()
     try:
         # threads pool: the model lives in this process (no fork after torch is loaded) and up to
         # max_batch jobs are in flight, each pool thread waiting on its sequences while the engine
@@ -60,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         quiet = ["--quiet"] if settings.log_format == "json" else []  # no startup banner among JSON lines
         app.worker_main([
             *quiet, "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",
-            "-Q", queue_name(args.model), "-n", name, "-E",
+            "-Q", ",".join(runtime.queues()), "-n", name, "-E",
             "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
         ])
     finally:
+        reaper.stop()
         runtime.stop()
     return 0

@@ -24,18 +24,16 @@ from tasks.contract.payloads import (
     EmbedResult,
     Event,
     GenerateJob,
-    GenerateResult,
     InitializeJob,
     JobBase,
     LoadOptions,
-    Output,
-    SamplingParams,
     TokenizeJob,
 )
-from tasks.contract.records import queue_name
 from tasks.contract.settings import Settings
+from tasks.worker import generation
 from tasks.worker.announcer import Announcer
 from tasks.worker.engine_loop import EngineLoop
+from tasks.worker.gate import ClassGate, model_queues
 from tasks.worker.jobs import WorkerJobs
 
 log = logging.getLogger("llmhost.worker")
@@ -58,11 +56,20 @@ class WorkerRuntime:
         self._embed_lock = threading.Lock()
         self._loaded = threading.Event()  # cleared while a reload or move is under way
         self._moving = threading.Lock()
+        chat = self.family.name != "embedding"
+        # Chat: each class group may hold max_batch jobs (tasks/worker/gate.py); embeddings: one at a time.
+        self.gate = ClassGate(model_id, settings.max_batch if chat and settings.slots_reserved else 0)
 
     @property
     def concurrency(self) -> int:
-        """Jobs in flight in this process: a chat model batches up to max_batch of them."""
-        return 1 if self.family.name == "embedding" else self.settings.max_batch
+        """Pool threads: a chat model batches up to max_batch jobs, with as many again kept for
+        the other class group when priorities are on; embeddings run one at a time."""
+        if self.family.name == "embedding":
+            return 1
+        return self.settings.max_batch * (2 if self.gate.cap else 1)
+
+    def queues(self) -> list[str]:
+        return model_queues(self.model_id)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -85,7 +92,8 @@ class WorkerRuntime:
         if isinstance(handler, ChatHandler):
             if self.loop is None:
                 self.loop = EngineLoop(handler, self.redis, self.settings.max_batch, self.settings.max_batch_tokens,
-                                       self.settings.max_prefill_tokens, self.settings.prefix_cache_tokens)
+                                       self.settings.max_prefill_tokens, self.settings.prefix_cache_tokens,
+                                       self.settings.slots_reserved)
                 self.loop.start()
                 self.announcer.stats = self.loop.stats
             else:
@@ -192,55 +200,13 @@ class WorkerRuntime:
         def body() -> dict | None:
             handler = self._handler(ChatHandler, job)
             assert isinstance(handler, ChatHandler) and self.loop is not None
-            tools = handler.tool_plan(job.tools, job.tool_choice, job.parallel_tool_calls) if job.messages else None
-            if job.messages is not None:
-                texts: list[str | None] = [None]
-                prompts = [handler.encode_chat(job.messages, tools.tools if tools else None, tools.prefill if tools else "")]
-            else:
-                texts = list(job.prompts or [])
-                prompts = [handler.encode_prompt(p) for p in job.prompts or []]
-            if tools is not None and tools.constraint is not None:  # a forced call: its grammar
-                job.sampling = job.sampling.model_copy(update={"constraint": tools.constraint})
-            budgets = [handler.resolve_max_tokens(ids, job.sampling.max_tokens) for ids in prompts]
-            # Compiled here, in a pool thread: a slow schema never stalls the batch on the engine thread.
-            try:
-                grammar = handler.compile_constraint(job.sampling.constraint)
-            except JobError as e:
-                if tools is not None and tools.constraint is not None:
-                    e.param = "tools"
-                raise
+            plan = generation.prepare(handler, job)
             if job.stream:  # a stream's HTTP status waits for this; a sync answer does not
                 self._publish(job, Event(type="started"))
-            reply_to = job.reply_to if job.stream else None
-            # Every sequence of the job joins the batch at once; the engine thread does the rest.
-            waiters = []
-            for p, (ids, budget) in enumerate(zip(prompts, budgets)):
-                for choice in range(job.n):
-                    waiters.append(self.loop.submit(job.job_id, p * job.n + choice, ids, choice_params(job, choice),
-                                                    budget, reply_to, job.deadline, grammar, handler=handler,
-                                                    filter=tools.filter() if tools and reply_to else None))
-            for w in waiters:
-                while not w.done.wait(timeout=1.0):
-                    if not self.loop.is_alive():
-                        raise server_error("The worker's engine thread stopped.")
-            if (err := next((w.error for w in waiters if w.error), None)) is not None:
-                raise err
-            if any(w.seq is None or w.seq.finish_reason == "cancelled" for w in waiters):
+            result = generation.collect(job, plan, generation.run(self.loop, job, plan))
+            if result is None:
                 log.info("job %s cancelled", job.job_id)
-                return None
-            outputs = []
-            for w in waiters:
-                seq, prompt_text = w.seq, texts[w.index // job.n]
-                assert seq is not None
-                echo = job.echo and prompt_text is not None
-                text, calls = tools.finish(seq.text) if tools else (seq.text, [])
-                outputs.append(Output(
-                    index=w.index, text=(prompt_text + text) if echo else text,  # type: ignore[operator]
-                    finish_reason="tool_calls" if calls else seq.finish_reason or "length", tool_calls=calls or None,
-                    prompt_tokens=len(seq.prompt_ids),
-                    completion_tokens=len(seq.token_ids), logprobs=seq.logprobs,
-                    prompt_logprobs=seq.prompt_logprobs if echo else None, prompt_text=prompt_text if echo else None))
-            return GenerateResult(outputs=outputs, n=job.n).model_dump()
+            return result.model_dump() if result is not None else None
         self._run(job, body)
 
     def embed(self, job: EmbedJob) -> None:
@@ -270,7 +236,7 @@ class WorkerRuntime:
                     "token_strs": handler.tokenizer.convert_ids_to_tokens(ids)}
         self._run(job, body)
 
-    def move_to(self, model_id: str, folder: Path, switch_queues: Callable[[str, str], None]) -> None:
+    def move_to(self, model_id: str, folder: Path, switch_queues: Callable[[list[str], list[str]], None]) -> None:
         """Serve another model from now on (the API's worker move). Runs on a thread of its own:
         stop taking the old model's jobs, let running sequences finish, load the new model, then
         consume its queue. Jobs of the old model this worker had already taken are failed with a
@@ -281,15 +247,17 @@ class WorkerRuntime:
             return
         try:
             old = (self.model_id, self.folder)
-            switch_queues("", queue_name(old[0]))  # stop taking the old model's jobs
+            switch_queues([], model_queues(old[0]))  # stop taking the old model's jobs
             try:
                 self._reload(self.options, target=(model_id, folder))
             except JobError:
                 log.exception("moving to %s failed; back to %s", model_id, old[0])
                 self._reload(self.options, target=old, fallback=None)
-                switch_queues(queue_name(old[0]), "")
+                switch_queues(model_queues(old[0]), [])
                 return
-            switch_queues(queue_name(model_id), "")
+            self.gate.model = model_id
+            self.gate.resume_all()
+            switch_queues(model_queues(model_id), [])
             log.info("moved from %s to %s", old[0], model_id)
         finally:
             self._moving.release()
@@ -344,13 +312,6 @@ def moved_error(model: str) -> JobError:
     return JobError(f"This worker no longer serves `{model}`; retry and another worker of it will take the job.",
                     status_code=503, type="service_unavailable", code="model_not_served", param="model",
                     headers={"Retry-After": "1"})
-
-
-def choice_params(job: GenerateJob, choice: int) -> SamplingParams:
-    """Each of the ``n`` choices draws from its own seed, so seeded choices differ but repeat."""
-    if choice == 0 or job.sampling.seed is None:
-        return job.sampling
-    return job.sampling.model_copy(update={"seed": job.sampling.seed + choice})
 
 
 def _empty_cuda_cache() -> None:

@@ -1,0 +1,87 @@
+"""Interactive before bulk inside one worker: how many jobs of each class group it holds.
+
+A worker consumes its model's queues in the order interactive, background, batch (strict BRPOP
+order, ``queue_order_strategy: priority``), so a free pool thread always takes interactive work
+first. But each job holds a pool thread until it ends: 200 queued background jobs would fill every
+thread and a new interactive request would wait for one of them to finish. So the pool has room
+for ``2 × cap`` jobs, and a group that holds ``cap`` of them stops being consumed (Celery's
+``cancel_task_queue``) until one ends (``add_task_queue``): bulk work can never take the threads
+that interactive requests need, and a saturated interactive load still leaves bulk its own. Inside
+the batch the engine then gives each group at most ``max_batch - reserved_slots`` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from tasks.contract.records import CLASSES, JobClass, queue_name
+
+log = logging.getLogger("llmhost.worker")
+
+GROUPS: dict[str, tuple[JobClass, ...]] = {"interactive": ("interactive",), "bulk": ("background", "batch")}
+
+
+def group_of(klass: str) -> str:
+    return "interactive" if klass == "interactive" else "bulk"
+
+
+def model_queues(model: str) -> list[str]:
+    """The queues a worker of ``model`` consumes, in the order it takes them."""
+    return [queue_name(model, k) for k in CLASSES]
+
+
+class ClassGate:
+    def __init__(self, model: str, cap: int) -> None:
+        self.model = model
+        self.cap = cap  # 0: no gate (one job at a time, or priorities off)
+        self._held = {g: 0 for g in GROUPS}
+        self._paused: set[str] = set()
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+
+    def attach(self, consumer: Any) -> None:
+        """Celery's consumer, captured at start (tasks/worker/celery_tasks.py's bootstep)."""
+        self._consumer = consumer
+
+    @contextmanager
+    def slot(self, klass: str) -> Iterator[None]:
+        group = group_of(klass)
+        self._change(group, +1)
+        try:
+            yield
+        finally:
+            self._change(group, -1)
+
+    def held(self) -> dict[str, int]:
+        return dict(self._held)
+
+    def _change(self, group: str, delta: int) -> None:
+        if not self.cap:
+            return
+        with self._lock:
+            self._held[group] += delta
+            full = self._held[group] >= self.cap
+            if full and group not in self._paused:
+                self._paused.add(group)
+                self._switch(group, pause=True)
+            elif not full and group in self._paused:
+                self._paused.discard(group)
+                self._switch(group, pause=False)
+
+    def resume_all(self) -> None:
+        """After a move to another model: the new model's queues are consumed by move_to itself."""
+        with self._lock:
+            self._paused.clear()
+
+    def _switch(self, group: str, pause: bool) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for klass in GROUPS[group]:
+            q = queue_name(self.model, klass)
+            # Queue changes must run on the consumer's own loop.
+            consumer.call_soon(consumer.cancel_task_queue if pause else consumer.add_task_queue, q)
+        log.debug("%s %s queues of %s", "paused" if pause else "resumed", group, self.model)

@@ -1,0 +1,102 @@
+"""One generation job on the worker, in three steps: prepare (template, tokenize, budgets, the
+grammar of structured output or of a forced tool call), run (every sequence joins the engine's
+batch; wait for them), collect (the result, tool calls parsed by the request's tool plan).
+
+Tool calls have one home on the worker: the request's :class:`handlers.tools.ToolPlan` renders the
+tools, prefills and constrains a forced call, filters call markup out of a stream and parses the
+calls at the end. The front only translates the parsed calls into its wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from handlers.base import ChatHandler
+from handlers.tools import ToolPlan
+from tasks.contract.errors import JobError, server_error
+from tasks.contract.payloads import GenerateJob, GenerateResult, Output, SamplingParams
+from tasks.contract.records import CLASSES
+from tasks.worker.engine_loop import EngineLoop, SeqWaiter
+
+
+@dataclass
+class Prepared:
+    handler: ChatHandler
+    prompts: list[list[int]]  # token ids, one per prompt
+    texts: list[str | None]  # the raw prompt texts (echo), None for a chat
+    budgets: list[int]  # max new tokens per prompt
+    sampling: SamplingParams  # the job's, with a forced call's grammar when there is one
+    grammar: Any
+    tools: ToolPlan | None
+
+
+def prepare(handler: ChatHandler, job: GenerateJob) -> Prepared:
+    """Raises JobError for a prompt the model cannot take (too long, bad schema, bad tools)."""
+    tools = handler.tool_plan(job.tools, job.tool_choice, job.parallel_tool_calls) if job.messages else None
+    texts: list[str | None]
+    if job.messages is not None:
+        texts = [None]
+        prompts = [handler.encode_chat(job.messages, tools.tools if tools else None, tools.prefill if tools else "")]
+    else:
+        texts = list(job.prompts or [])
+        prompts = [handler.encode_prompt(p) for p in job.prompts or []]
+    sampling = job.sampling
+    if tools is not None and tools.constraint is not None:  # a forced call: its grammar
+        sampling = sampling.model_copy(update={"constraint": tools.constraint})
+    budgets = [handler.resolve_max_tokens(ids, sampling.max_tokens) for ids in prompts]
+    # Compiled here, in a pool thread: a slow schema never stalls the batch on the engine thread.
+    try:
+        grammar = handler.compile_constraint(sampling.constraint)
+    except JobError as e:
+        if tools is not None and tools.constraint is not None:
+            e.param = "tools"
+        raise
+    return Prepared(handler, prompts, texts, budgets, sampling, grammar, tools)
+
+
+def choice_params(sampling: SamplingParams, choice: int) -> SamplingParams:
+    """Each of the ``n`` choices draws from its own seed, so seeded choices differ but repeat."""
+    if choice == 0 or sampling.seed is None:
+        return sampling
+    return sampling.model_copy(update={"seed": sampling.seed + choice})
+
+
+def run(loop: EngineLoop, job: GenerateJob, plan: Prepared) -> list[SeqWaiter]:
+    """Every sequence of the job joins the batch at once; waits until all have ended."""
+    reply_to = job.reply_to if job.stream else None
+    priority = CLASSES.index(job.klass)
+    waiters = []
+    for p, (ids, budget) in enumerate(zip(plan.prompts, plan.budgets)):
+        for choice in range(job.n):
+            waiters.append(loop.submit(job.job_id, p * job.n + choice, ids, choice_params(plan.sampling, choice),
+                                       budget, reply_to, job.deadline, plan.grammar, handler=plan.handler,
+                                       filter=plan.tools.filter() if plan.tools and reply_to else None,
+                                       priority=priority))
+    for w in waiters:
+        while not w.done.wait(timeout=1.0):
+            if not loop.is_alive():
+                raise server_error("The worker's engine thread stopped.")
+    return waiters
+
+
+def collect(job: GenerateJob, plan: Prepared, waiters: list[SeqWaiter]) -> GenerateResult | None:
+    """The job's result; None when it was cancelled (or stopped by its deadline)."""
+    if (err := next((w.error for w in waiters if w.error), None)) is not None:
+        raise err
+    if any(w.seq is None or w.seq.finish_reason == "cancelled" for w in waiters):
+        return None
+    outputs = []
+    for w in waiters:
+        seq, prompt_text = w.seq, plan.texts[w.index // job.n]
+        assert seq is not None
+        echo = job.echo and prompt_text is not None
+        text, calls = plan.tools.finish(seq.text) if plan.tools else (seq.text, [])
+        finish = "tool_calls" if calls else seq.finish_reason or "length"
+        outputs.append(Output(
+            index=w.index, text=(prompt_text or "") + text if echo else text,
+            finish_reason=finish,
+            tool_calls=calls or None, prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.token_ids),
+            logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None,
+            prompt_text=prompt_text if echo else None))
+    return GenerateResult(outputs=outputs, n=job.n)

@@ -1,0 +1,84 @@
+"""Jobs outlive their worker: a thread in every worker delivers again what a dead worker held.
+
+Why our own and not Celery's visibility timeout: Redis cannot tell a dead worker from a long job, so
+a short visibility timeout runs long jobs twice and a long one leaves a dead worker's jobs waiting
+for an hour. Heartbeats do tell (tasks/worker/announcer.py): a worker whose presence key expired is
+dead. Each worker keeps the set of jobs it received and has not ended (``llmhost:held:{name}``,
+kept by the Lua scripts of tasks/contract/records.py); a reaper walks the held set of every dead
+worker and lets REAP_LUA decide each job atomically (so two reapers never deliver one twice):
+requeued from its stored payload when nothing of it reached a client, failed when a stream had
+already shown tokens (``worker_lost``) or when it was started ``max_attempts`` times (a poison
+request). The front does the same for a job it waits on (``JobClient.reconcile``), so a model with
+no live worker left still settles its waiting clients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import redis
+from celery import Celery
+
+from tasks.contract.celery_app import send_job
+from tasks.contract.records import HELD_KEY, WORKER_KEY, WORKER_NAMES
+from tasks.worker.jobs import WorkerJobs
+
+log = logging.getLogger("llmhost.reaper")
+
+
+class Reaper:
+    def __init__(self, client: redis.Redis, jobs: WorkerJobs, celery: Celery, me: str, max_attempts: int,
+                 interval: float) -> None:
+        self._r = client
+        self._jobs = jobs
+        self._celery = celery
+        self._me = me
+        self._max_attempts = max_attempts
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="llmhost-reaper", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.sweep()
+            except redis.RedisError as e:
+                log.warning("reaper: Redis unavailable (%s); retrying", e)
+            except Exception:  # noqa: BLE001 - the reaper must keep running
+                log.exception("reaper sweep failed")
+
+    def dead_workers(self) -> list[str]:
+        names = sorted(n.decode() if isinstance(n, bytes) else n for n in self._r.smembers(WORKER_NAMES))
+        names = [n for n in names if n != self._me]
+        if not names:
+            return []
+        with self._r.pipeline(transaction=False) as p:
+            for n in names:
+                p.exists(WORKER_KEY.format(n))
+            alive = p.execute()
+        return [n for n, up in zip(names, alive) if not up]
+
+    def sweep(self) -> dict[str, int]:
+        """One pass over every dead worker's held jobs; returns how many ended each way."""
+        counts: dict[str, int] = {}
+        for dead in self.dead_workers():
+            for raw in self._r.smembers(HELD_KEY.format(dead)):
+                job_id = raw.decode() if isinstance(raw, bytes) else raw
+                outcome, rec = self._jobs.reap(job_id, dead, self._max_attempts)
+                if outcome == "requeue" and rec and rec.get("payload"):
+                    send_job(self._celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
+                counts[outcome] = counts.get(outcome, 0) + 1
+                if outcome != "gone":
+                    log.warning("job %s of dead worker %s: %s", job_id, dead, outcome, extra={"job_id": job_id})
+            # Its held set is empty now (a job it got meanwhile would be in a live worker's set).
+            self._r.srem(WORKER_NAMES, dead)
+        return counts

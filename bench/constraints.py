@@ -306,7 +306,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def load_model(models_dir: Path, threads: int):
     sys.path.insert(0, str(ROOT))
     from handlers.registry import detect_family, handler_class
-    from tasks.payloads import LoadOptions
+    from tasks.contract.payloads import LoadOptions
 
     folder = models_dir / SMOL
     options = LoadOptions(dtype="bfloat16", torch_threads=threads)
@@ -319,7 +319,7 @@ def load_model(models_dir: Path, threads: int):
 def generate(handler, cand: Candidate, grammar: Any, max_tokens: int) -> dict[str, Any]:
     """One greedy constrained generation: per-token seconds of the model forward, of computing the
     allowed set + advancing the matcher (``fill``, ``accept``) and of masking the logits (``apply``)."""
-    from tasks.payloads import Message
+    from tasks.contract.payloads import Message
 
     prompt = handler.encode_chat([Message(role="user", content=PROMPT)])
     state = cand.start(grammar)
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     handler = load_model(args.models_dir, args.threads)
     with torch.inference_mode():  # warm the model up once, so the first library measured pays no first-call costs
-        from tasks.payloads import Message
+        from tasks.contract.payloads import Message
 
         ids = torch.tensor([handler.encode_chat([Message(role="user", content=PROMPT)])])
         out = handler.model(input_ids=ids, use_cache=True, logits_to_keep=1)

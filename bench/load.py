@@ -124,7 +124,7 @@ def in_process(models_dir: Path, samples: int, dtype: str, threads: int) -> dict
     """The same generations without HTTP, Redis or Celery: the baseline the queue is charged against."""
     from handlers.engine import Engine
     from handlers.registry import detect_family, handler_class
-    from tasks.payloads import LoadOptions, Message, SamplingParams
+    from tasks.contract.payloads import LoadOptions, Message, SamplingParams
 
     folder = models_dir / MODEL_ID
     h = handler_class(detect_family(MODEL_ID, folder))(MODEL_ID, folder, LoadOptions(dtype=dtype, torch_threads=threads))
@@ -275,7 +275,7 @@ def main() -> None:
     MODEL_ID = args.model
     levels = [int(x) for x in args.levels.split(",")]
 
-    from tasks.settings import get_settings
+    from tasks.contract.settings import get_settings
 
     models_dir = get_settings().models_dir
     base = in_process(models_dir, args.samples, args.dtype, args.threads)

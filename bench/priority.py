@@ -15,7 +15,6 @@ import asyncio
 import json
 import statistics
 import time
-from pathlib import Path
 
 import httpx
 

@@ -79,3 +79,12 @@ def test_old_initialize_reloads_with_new_dtype(http, stack):
     assert dtype() == "bfloat16"
     back = wait(http.post("/old/initialize", json={"model": TINY_CHATML, "dtype": "float32"}).json()["job_id"])
     assert back["status"] == "succeeded" and dtype() == "float32"
+
+
+def test_old_generate_takes_max_tokens_as_max_new_tokens(http):
+    """Old clients send the OpenAI name; it means the same."""
+    body = {"model": TINY_CHATML, "prompt": "The sea", "temperature": 0}
+    a = http.post("/old/generate", json={**body, "max_tokens": 3})
+    b = http.post("/old/generate", json={**body, "max_new_tokens": 3})
+    assert a.status_code == 200 and a.json()["usage"]["completion_tokens"] <= 3
+    assert a.json()["text"] == b.json()["text"]

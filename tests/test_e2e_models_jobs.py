@@ -1,5 +1,6 @@
 """/v1/models, async jobs, health and readiness."""
 
+import json
 import time
 
 import httpx
@@ -93,3 +94,12 @@ def test_health_and_ready(http):
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200 and ready.json()["workers_ready"] >= 4 and ready.json()["redis"] == "ok"
+
+
+def test_ready_waits_for_every_model_it_must_serve(stack, http):
+    """/ready is 200 only when every model of LLMHOST_READY_MODELS (default: the default models) has
+    a ready worker, and says which are missing."""
+    assert http.get("/ready").json()["missing"] == []
+    url = stack.start_api("api-ready", LLMHOST_READY_MODELS=json.dumps([TINY_CHATML, TINY_LLAMA3]))
+    r = httpx.get(f"{url}/ready", timeout=10)
+    assert r.status_code == 503 and r.json()["missing"] == [TINY_LLAMA3] and r.json()["redis"] == "ok"

@@ -274,34 +274,33 @@ def test_full_queue_is_429_with_retry_after(stack, http, limited):
             "max_tokens": 4000, "ignore_eos": True}  # slow jobs, whatever the model says
     job_ids: list[str] = []
     try:
-        # Real load: slow jobs until the worker holds all it can take and the rest wait in Redis.
-        while redis.llen(queue_name(SMOL)) < 3 and len(job_ids) < 200:
+        # Real load: slow background jobs until the worker holds all it can take and the rest wait
+        # in Redis, in the model's background queue.
+        while redis.llen(queue_name(SMOL, "background")) < 3 and len(job_ids) < 200:
             for _ in range(8):
                 r = http.post("/v1/jobs", json={"endpoint": "/v1/chat/completions", "body": body})
                 assert r.status_code == 202, r.text
                 job_ids.append(r.json()["id"])
             time.sleep(0.3)
-        depth = redis.llen(queue_name(SMOL))
+        depth = redis.llen(queue_name(SMOL, "background"))
         assert depth >= 1, f"the queue never filled ({len(job_ids)} jobs)"
 
-        with httpx.Client(base_url=limited, timeout=60) as h:
-            err = envelope(h.post("/v1/chat/completions", json={**body, "max_tokens": 4}), 429)
-            assert err["type"] == "rate_limit_error" and err["code"] == "queue_full" and SMOL in err["message"]
+        with httpx.Client(base_url=limited, timeout=120) as h:
             r = h.post("/v1/jobs", json={"endpoint": "/v1/chat/completions", "body": body})
-            assert envelope(r, 429)["code"] == "queue_full"
+            err = envelope(r, 429)
+            assert err["type"] == "rate_limit_error" and err["code"] == "queue_full" and SMOL in err["message"]
             assert 1 <= int(r.headers["retry-after"]) <= 5
+            # Each class has its own limit: a backlog of bulk work never turns interactive requests away.
+            ok = h.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+            assert ok.status_code == 200, ok.text
             r = h.post("/old/generate", json={"model": SMOL, "prompt": "hi", "max_new_tokens": 2})
-            assert envelope(r, 429)["code"] == "queue_full"
+            assert r.status_code == 200, r.text
             # Another model's queue is empty: served as usual.
             ok = h.post("/v1/chat/completions", json={"model": TINY_CHATML, "messages": MSG, "max_tokens": 2})
             assert ok.status_code == 200, ok.text
             m = scrape(h)
             assert val(m, "llmhost_queue_depth", model=SMOL) >= 1
-            assert val(m, "llmhost_requests_total", route="/v1/chat/completions", method="POST", status="429") == 1
-        sdk = openai.OpenAI(base_url=f"{limited}/v1", api_key="unused", max_retries=0, timeout=60)
-        with pytest.raises(openai.RateLimitError) as e:
-            sdk.chat.completions.create(model=SMOL, messages=MSG, max_tokens=2)
-        assert e.value.code == "queue_full"
+            assert val(m, "llmhost_requests_total", route="/v1/jobs", method="POST", status="429") == 1
     finally:
         for job_id in job_ids:
             http.delete(f"/v1/jobs/{job_id}")
@@ -313,3 +312,45 @@ def test_full_queue_is_429_with_retry_after(stack, http, limited):
         assert _wait_for(idle, 90), "the flood did not drain after cancelling"
     statuses = {http.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids}
     assert statuses <= {"cancelled", "succeeded", "failed"}
+
+
+def test_full_interactive_queue_is_429_for_the_sdk(stack, limited):
+    """A worker that stops taking work (SIGSTOP: alive, but stuck): interactive requests pile up in
+    its model's queue and, past the limit, the SDK gets RateLimitError at once."""
+    import shutil
+    import signal
+    import threading
+
+    model = "acme/tiny-chatml-stuck"
+    shutil.copytree(stack.models_dir / TINY_CHATML, stack.models_dir / model)
+    proc = stack.start_worker(model)
+    assert _wait_for(lambda: stack.ready_workers().get(model), 90), "worker not ready"
+    body = {"model": model, "messages": MSG, "max_tokens": 2}
+    answers: list[int] = []
+    calls: list[threading.Thread] = []
+
+    def call() -> None:
+        answers.append(httpx.post(f"{limited}/v1/chat/completions", json=body, timeout=60).status_code)
+    def fresh_heartbeat() -> bool:  # stopped right after a beat, its presence outlives the test's step
+        beats = [float(stack.redis.hget(k, "heartbeat_at") or 0) for k in stack.redis.scan_iter("llmhost:worker:*")
+                 if stack.redis.hget(k, "pid") == str(proc.pid).encode()]
+        return bool(beats) and time.time() - beats[0] < 0.3
+    assert _wait_for(fresh_heartbeat, 10)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        # One may be popped into the stopped worker's socket (its BRPOP was waiting); the next waits.
+        while stack.redis.llen(queue_name(model)) < 1 and len(calls) < 3:
+            calls.append(threading.Thread(target=call))
+            calls[-1].start()
+            _wait_for(lambda: stack.redis.llen(queue_name(model)) >= 1, 0.5)  # within its presence TTL
+        assert stack.redis.llen(queue_name(model)) >= 1, "nothing waited in the queue"
+        sdk = openai.OpenAI(base_url=f"{limited}/v1", api_key="unused", max_retries=0, timeout=60)
+        with pytest.raises(openai.RateLimitError) as e:
+            sdk.chat.completions.create(**body)
+        assert e.value.code == "queue_full"
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    for t in calls:
+        t.join(60)
+    assert answers == [200] * len(calls)  # the stuck worker resumed and answered them
+    proc.terminate()

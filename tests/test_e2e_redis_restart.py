@@ -16,7 +16,8 @@ BODY = {"model": TINY_CHATML, "messages": [{"role": "user", "content": "hi"}], "
 def test_redis_restart_is_survived(tmp_path, tiny_models, stack):
     server = RedisServer(tmp_path / "redis").start()
     restarted = None
-    own = Stack(tmp_path, tiny_models, server.url, {**stack.env, "LLMHOST_REDIS_URL": server.url})
+    own = Stack(tmp_path, tiny_models, server.url, {**stack.env, "LLMHOST_REDIS_URL": server.url,
+                                                    "LLMHOST_READY_MODELS": f'["{TINY_CHATML}"]'})
     try:
         own.start_worker(TINY_CHATML)
         url = own.start_api("api-restart")

@@ -80,8 +80,18 @@ class ClassGate:
         consumer = self._consumer
         if consumer is None:
             return
-        for klass in GROUPS[group]:
-            q = queue_name(self.model, klass)
-            # Queue changes must run on the consumer's own loop.
-            consumer.call_soon(consumer.cancel_task_queue if pause else consumer.add_task_queue, q)
+        # Queue changes must run on the consumer's own loop (call_soon keeps their order). kombu
+        # BRPOPs its queues in the order they were added: a resumed interactive queue must come
+        # back first, so the bulk queues being consumed are re-added after it.
+        queues = [queue_name(self.model, k) for k in GROUPS[group]]
+        if pause:
+            for q in queues:
+                consumer.call_soon(consumer.cancel_task_queue, q)
+        else:
+            after = [] if group == "bulk" or "bulk" in self._paused else \
+                [queue_name(self.model, k) for k in GROUPS["bulk"]]
+            for q in after:
+                consumer.call_soon(consumer.cancel_task_queue, q)
+            for q in queues + after:
+                consumer.call_soon(consumer.add_task_queue, q)
         log.debug("%s %s queues of %s", "paused" if pause else "resumed", group, self.model)

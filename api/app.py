@@ -16,6 +16,7 @@ from tasks.contract.settings import Settings, get_settings
 from tasks.queue.client import JobClient
 
 from . import metrics as metrics_routes
+from . import web
 from .errors import register_error_handlers
 from .gateway import Gateway
 from .metrics import Metrics
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_routes):
+    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_routes, web):
         app.include_router(module.router)
     return app
 

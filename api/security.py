@@ -1,4 +1,5 @@
-"""API keys: when any is configured, every route but ``GET /health`` needs ``Authorization: Bearer <key>``.
+"""API keys: when any is configured, every route but ``GET /health`` needs ``Authorization: Bearer <key>``
+(the web page's own files excepted: ``/`` and ``/web/<file>``, see :mod:`api.web.assets`).
 
 A pure ASGI layer, so it covers everything behind it alike: JSON routes, SSE streams, ``/metrics``,
 the 501 routes and paths that match no route (a 404 only after the key is checked). Keys are
@@ -19,9 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tasks.contract.errors import JobError
 from tasks.contract.settings import load_api_keys
 
+from .web.assets import public_paths
+
 __all__ = ["ApiKeyMiddleware", "KeyChecker", "bearer_token", "load_api_keys"]
 
-OPEN_ROUTES = frozenset({("GET", "/health")})
+# The web page's own files load without a key (it asks for one when its data calls get a 401).
+OPEN_ROUTES = frozenset({("GET", "/health")} | {("GET", path) for path in public_paths()})
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> Optional[str]:

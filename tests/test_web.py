@@ -260,7 +260,7 @@ def test_status_json_has_the_workers_queues_and_token_totals(http):
     smol = next(w for w in status["workers"] if w["model"] == SMOL)
     assert (smol["kind"], smol["state"], smol["device"], smol["dtype"]) == ("chat", "ready", "cpu", "float32")
     assert MINILM in {w["model"] for w in status["workers"]}
-    assert {"model": SMOL, "depth": 0} in status["queues"]
+    assert {"model": SMOL, "depth": 0, "classes": {"interactive": 0, "background": 0, "batch": 0}} in status["queues"]
     assert status["tokens"]["generated"][SMOL] >= 3
 
 

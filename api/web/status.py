@@ -1,8 +1,7 @@
 """``GET /v1/status``: the fleet at a glance for the page's status view, from the gateway's own calls.
 
-The shape leaves room for what is being built elsewhere: each queue entry can gain a per-class
-depth (``classes``: interactive / background / batch → jobs) and the top level a ``batches`` list,
-without changing what is here. Token totals are cumulative; the page turns the deltas between two
+Each queue entry has its depth per priority class (``classes``: interactive / background /
+batch → jobs); the top level can gain a ``batches`` list without changing what is here. Token totals are cumulative; the page turns the deltas between two
 polls into tokens/s, so the server keeps no history.
 """
 
@@ -41,7 +40,8 @@ class WorkerStatus(BaseModel):
 class QueueStatus(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
     model: str
-    depth: int = Field(description="jobs in the model's queue not yet taken by a worker")
+    depth: int = Field(description="jobs in the model's queues not yet taken by a worker")
+    classes: dict[str, int] = Field(description="the same per priority class: interactive, background, batch")
 
 
 class TokenTotals(BaseModel):
@@ -74,7 +74,8 @@ async def fleet_status(gw: "Gateway") -> StatusResponse:
         time=time.time(),
         workers=[WorkerStatus.model_validate(vars(w)) for w in sorted(workers, key=lambda w: (w.model, w.name))],
         # A folder nobody serves and nothing waits for is left out, as in /metrics.
-        queues=[QueueStatus(model=m, depth=depths.get(m, 0)) for m in models if m in served or depths.get(m)],
+        queues=[QueueStatus(model=m, depth=sum(depths[m].values()), classes=depths[m])
+                for m in models if m in served or any(depths[m].values())],
         tokens=TokenTotals(generated=_per_model(gw.metrics.generation_tokens),
                            prompt=_per_model(gw.metrics.prompt_tokens)),
     )

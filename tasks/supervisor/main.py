@@ -104,7 +104,7 @@ def main() -> int:
                 child.check(now)
             if not announced and _ready(f"{base}/ready", api_key):
                 announced = True
-                print(f"[llmhost] ready in {now - started:.1f} s: OpenAI API at {base}/v1 "
+                print(f"[llmhost] ready in {now - started:.1f} s: OpenAI API at {base}/v1, web page at {base}/ "
                       f"(models: {', '.join(settings.default_models)}); Ctrl-C stops", flush=True)
             time.sleep(0.5)
     finally:

@@ -122,7 +122,9 @@ function render(status) {
   }));
   $("queues").tBodies[0].replaceChildren(...queues.map((q) => {
     const tr = document.createElement("tr");
-    tr.append(cell(q.model), cell(q.depth, "num"));
+    const c = q.classes || {};
+    tr.append(cell(q.model), cell(q.depth, "num"), cell(c.interactive ?? 0, "num"), cell(c.background ?? 0, "num"),
+      cell(c.batch ?? 0, "num"));
     return tr;
   }));
 }

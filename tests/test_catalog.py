@@ -4,7 +4,7 @@ import pytest
 
 from tasks.contract.catalog import list_models, resolve
 from tasks.contract.errors import JobError
-from tests.conftest import MINILM, SMOL, TINY_CHATML
+from tests.conftest import MINILM, ROOT, SMOL, TINY_CHATML
 
 
 def test_lists_vendor_model_folders(tiny_models):
@@ -25,3 +25,14 @@ def test_gguf_only_folder_is_a_model(tmp_path):
     (tmp_path / "v" / "m").mkdir(parents=True)
     (tmp_path / "v" / "m" / "weights.gguf").write_bytes(b"GGUF")
     assert [m.id for m in list_models(tmp_path)] == ["v/m"]
+
+
+def test_default_folders_are_the_checkouts():
+    """`make run` and `make test` put models in ./LLM and state in ./.state, whatever module the
+    settings live in."""
+    from tasks.contract.settings import Settings
+
+    s = Settings(_env_file=None, models_dir="LLM", state_dir=".state")
+    assert s.models_dir == ROOT / "LLM" and s.state_dir == ROOT / ".state"
+    fields = Settings.model_fields
+    assert fields["models_dir"].default == ROOT / "LLM" and fields["state_dir"].default == ROOT / ".state"

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/contract/settings.py → the checkout
 
 
 class Settings(BaseSettings):

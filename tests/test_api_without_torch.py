@@ -17,7 +17,7 @@ def test_api_runs_with_torch_hidden(tiny_models):
         sys.meta_path.insert(0, Block())
         from fastapi.testclient import TestClient
         from api.app import create_app
-        from tasks.settings import Settings
+        from tasks.contract.settings import Settings
         app = create_app(Settings(redis_url="redis://127.0.0.1:1/0", models_dir=r"{tiny_models}"))
         with TestClient(app) as c:
             assert c.get("/health").json() == {{"status": "ok"}}

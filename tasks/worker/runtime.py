@@ -239,7 +239,7 @@ class WorkerRuntime:
                     finish_reason="tool_calls" if calls else seq.finish_reason or "length", tool_calls=calls or None,
                     prompt_tokens=len(seq.prompt_ids),
                     completion_tokens=len(seq.token_ids), logprobs=seq.logprobs,
-                    prompt_logprobs=seq.prompt_logprobs if echo else None, prompt_text=prompt_text if echo else None))
+                    prompt_logprobs=seq.prompt_logprobs if echo else None))
             return GenerateResult(outputs=outputs, n=job.n).model_dump()
         self._run(job, body)
 

@@ -1,7 +1,8 @@
 """What the routes call: check the model is served, submit the request's job, wait or stream.
 
 Routes stay thin (parse, one call, answer). Requests arrive checked and translate themselves into
-job payloads (``to_job``); results become answers in ``responses.py``/``streaming.py``.
+job payloads (``to_job``); a job's typed events (its :class:`~tasks.queue.client.JobWatch`) are
+translated into answers by ``responses.py`` (run to the end) and ``streaming.py`` (SSE).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import redis.asyncio as aioredis
 
@@ -17,24 +18,29 @@ from tasks.contract.catalog import list_models, resolve
 from tasks.contract.errors import JobError
 from tasks.contract.logging_setup import bind, request_id_var
 from tasks.contract.payloads import (
+    FINAL_STATUSES,
     TASK_EMBED,
     TASK_GENERATE,
     TASK_INITIALIZE,
     TASK_TOKENIZE,
     EmbedJob,
     EmbedResult,
+    Endpoint,
     GenerateJob,
     GenerateResult,
     InitializeJob,
     JobBase,
+    JobStatus,
     LoadOptions,
 )
 from tasks.contract.records import WorkerInfo
 from tasks.contract.settings import Settings
 from tasks.queue.client import JobClient, JobWatch, new_job_id
+from tasks.queue.events import R
 
 from . import responses
-from .metrics import JobTracker, Metrics
+from .metrics import Metrics
+from .middleware import request_started
 from .overload import check_queue
 from .schemas.chat import ChatCompletionRequest
 from .schemas.completions import CompletionRequest
@@ -44,14 +50,13 @@ from .schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 
 @dataclass
-class Submitted:
-    """A watched job whose worker has accepted it (for streams: the prompt passed validation)."""
+class Submitted(Generic[R]):
+    """A watched job; for streams, one its worker has accepted (the prompt passed validation)."""
 
     job_id: str
     created: int
     model: str
-    watch: JobWatch
-    tracker: JobTracker
+    watch: JobWatch[R]
 
 
 class Gateway:
@@ -117,80 +122,48 @@ class Gateway:
         await check_queue(self.redis, job.model, self.settings.max_queue_depth)
         bind(job_id=job.job_id)
 
-    async def _submit(self, task: str, job: JobBase, endpoint: str, kind: str, meta: dict[str, Any]) -> Submitted:
-        """Check, subscribe, enqueue, and wait until the worker accepted the job (or failed it)."""
+    async def _submit(self, task: str, job: JobBase, endpoint: Endpoint, kind: str) -> Submitted[Any]:
+        """Check, enqueue and watch; the watch counts the job in the metrics."""
         await self.ensure_served(job.model, kind)
         await self._admit(job)
-        tracker = self.metrics.track(endpoint, job.model)
-        watch = await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=True)
+        watch = await self.jobs.submit(task, job, endpoint=endpoint, meta={}, watch=True)
         assert watch is not None
-        return Submitted(job.job_id, int(time.time()), job.model, watch, tracker)
-
-    async def run_to_end(self, sub: Submitted) -> dict[str, Any]:
-        """Wait for the final result of a submitted job; raise its error."""
-        try:
-            async with sub.watch as watch:
-                while True:
-                    event = await watch.next()
-                    if event.type == "done":
-                        sub.tracker.succeeded(event.result)
-                        return event.result or {}
-                    if event.type == "error":
-                        raise JobError.from_dict(event.error or {})
-        except JobError as e:
-            sub.tracker.failed(e)
-            raise
-        finally:
-            sub.tracker.cancelled()  # the client left (no-op when an outcome is already counted)
+        watch.observer = self.metrics.track(endpoint, job.model, request_started())
+        return Submitted(job.job_id, int(time.time()), job.model, watch)
 
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
         job = req.to_job(new_job_id("chatcmpl"), self._deadline(), request_id_var.get())
-        sub = await self._submit(TASK_GENERATE, job, "/v1/chat/completions", "chat", {})
-        result = GenerateResult.model_validate(await self.run_to_end(sub))
-        return responses.chat_completion(sub.job_id, sub.created, sub.model, result)
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, "/v1/chat/completions", "chat")
+        return responses.chat_completion(sub.job_id, sub.created, sub.model, await sub.watch.result())
 
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
         job = req.to_job(new_job_id("cmpl"), self._deadline(), request_id_var.get())
-        sub = await self._submit(TASK_GENERATE, job, "/v1/completions", "chat", {})
-        result = GenerateResult.model_validate(await self.run_to_end(sub))
-        return responses.text_completion(sub.job_id, sub.created, sub.model, result)
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, "/v1/completions", "chat")
+        return responses.text_completion(sub.job_id, sub.created, sub.model, await sub.watch.result())
 
     async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
         job = req.to_job(new_job_id("emb"), self._deadline(), request_id_var.get())
-        sub = await self._submit(TASK_EMBED, job, "/v1/embeddings", "embedding", {})
-        result = EmbedResult.model_validate(await self.run_to_end(sub))
-        return responses.embeddings(sub.model, result, req.encoding_format)
+        sub: Submitted[EmbedResult] = await self._submit(TASK_EMBED, job, "/v1/embeddings", "embedding")
+        return responses.embeddings(sub.model, await sub.watch.result(), req.encoding_format)
 
-    async def stream_chat(self, req: ChatCompletionRequest) -> Submitted:
+    async def stream_chat(self, req: ChatCompletionRequest) -> Submitted[GenerateResult]:
         job = req.to_job(new_job_id("chatcmpl"), self._deadline(), request_id_var.get())
         return await self._open_stream(job, "/v1/chat/completions")
 
-    async def stream_completion(self, req: CompletionRequest) -> Submitted:
+    async def stream_completion(self, req: CompletionRequest) -> Submitted[GenerateResult]:
         job = req.to_job(new_job_id("cmpl"), self._deadline(), request_id_var.get())
         return await self._open_stream(job, "/v1/completions")
 
-    async def _open_stream(self, job: GenerateJob, endpoint: str) -> Submitted:
+    async def _open_stream(self, job: GenerateJob, endpoint: Endpoint) -> Submitted[GenerateResult]:
         """Submit a streaming job and wait for ``started``, so that a refused prompt is an ordinary
         HTTP error rather than a 200 followed by an error event."""
-        sub = await self._submit(TASK_GENERATE, job, endpoint, "chat", {})
-        try:
-            first = await sub.watch.next()
-        except BaseException as e:
-            sub.tracker.failed(e) if isinstance(e, JobError) else sub.tracker.cancelled()
-            await sub.watch.__aexit__(None, None, None)
-            raise
-        if first.type == "error":
-            await sub.watch.close()
-            err = JobError.from_dict(first.error or {})
-            sub.tracker.failed(err)
-            raise err
-        if first.type != "started":
-            sub.watch.push_back(first)
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, endpoint, "chat")
+        await sub.watch.started()
         return sub
 
     # --- async jobs ----------------------------------------------------------------------------
 
-    async def submit_async(self, endpoint: str, body: BackgroundBody) -> dict[str, Any]:
+    async def submit_async(self, endpoint: Endpoint, body: BackgroundBody) -> dict[str, Any]:
         job_id, deadline, rid = new_job_id("job"), time.time() + self.settings.job_ttl, request_id_var.get()
         meta: dict[str, Any] = {}
         job: GenerateJob | EmbedJob
@@ -202,7 +175,7 @@ class Gateway:
         await self.ensure_served(job.model, kind)
         return await self._submit_background(task, job, endpoint, meta)
 
-    async def _submit_background(self, task: str, job: JobBase, endpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
+    async def _submit_background(self, task: str, job: JobBase, endpoint: Endpoint, meta: dict[str, Any]) -> dict[str, Any]:
         """Enqueue without waiting; the answer describes the job as accepted (queued)."""
         await self._admit(job)
         await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=False)
@@ -224,14 +197,15 @@ class Gateway:
             raise JobError(f"No job with id `{job_id}` (unknown, or its result expired).", status_code=404,
                            type="invalid_request_error", code="job_not_found", param="id")
         rec = await self.jobs.reconcile(job_id, rec)
+        status: JobStatus = rec["status"]
         view: dict[str, Any] = {
-            "id": job_id, "object": "job", "status": rec["status"], "endpoint": rec.get("endpoint"),
+            "id": job_id, "object": "job", "status": status, "endpoint": rec.get("endpoint"),
             "model": rec.get("model"), "created_at": int(rec["created_at"]),
             "started_at": int(rec["started_at"]) if rec.get("started_at") else None,
-            "finished_at": int(rec["finished_at"]) if rec.get("finished_at") and rec["status"] in ("succeeded", "failed", "cancelled") else None,
+            "finished_at": int(rec["finished_at"]) if rec.get("finished_at") and status in FINAL_STATUSES else None,
             "result": None, "error": None,
         }
-        if rec["status"] == "succeeded" and rec.get("result") is not None:
+        if status == "succeeded" and rec.get("result") is not None:
             view["result"] = responses.for_endpoint(rec["endpoint"], job_id, view["created_at"], rec["model"],
                                                     rec.get("meta") or {}, rec["result"])
         if rec.get("error"):
@@ -257,7 +231,8 @@ class Gateway:
 
     async def tokenize(self, req: TokenizeRequest | DetokenizeRequest) -> dict[str, Any]:
         job = req.to_job(new_job_id("tok"), self._deadline(), request_id_var.get())
-        return await self.run_to_end(await self._submit(TASK_TOKENIZE, job, "tokenize", "chat", {}))
+        sub: Submitted[dict[str, Any]] = await self._submit(TASK_TOKENIZE, job, "tokenize", "chat")
+        return await sub.watch.result()
 
     # --- workers ---------------------------------------------------------------------------------
 

@@ -15,13 +15,13 @@ from tasks.contract.logging_setup import setup_logging
 from tasks.contract.settings import Settings, get_settings
 from tasks.queue.client import JobClient
 
-from . import metrics as metrics_routes
 from . import web
 from .errors import register_error_handlers
 from .gateway import Gateway
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, BodyLimitMiddleware, RequestContextMiddleware
 from .routes import jobs, legacy, openai, system, tokenize, workers
+from .routes import metrics as metrics_route
 from .security import ApiKeyMiddleware, load_api_keys
 
 log = logging.getLogger("llmhost.api")
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         celery = create_celery(settings)
         jobs = JobClient(client, celery, settings.job_ttl)
         await jobs.hub.start()
+        app.state.jobs = jobs
         app.state.gateway = Gateway(settings, client, jobs, metrics)
         log.info("LLM-Host API: models in %s, queue at %s, %s, CORS %s", settings.models_dir, _redacted(settings.redis_url),
                  f"{len(api_keys)} API key(s)" if api_keys else "no API keys (open)",
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_routes, web):
+    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_route, web):
         app.include_router(module.router)
     return app
 

@@ -1,4 +1,4 @@
-"""Typed dependencies: the routes get the gateway and settings built by the app factory."""
+"""Typed dependencies: the routes get what the app factory built (gateway, queue client, metrics, settings)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,22 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from tasks.contract.settings import Settings
+from tasks.queue.client import JobClient
 
 from .gateway import Gateway
+from .metrics import Metrics
 
 
 def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
+
+
+def get_jobs(request: Request) -> JobClient:
+    return request.app.state.jobs
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -20,4 +30,6 @@ def get_settings_dep(request: Request) -> Settings:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+JobsDep = Annotated[JobClient, Depends(get_jobs)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -26,19 +26,25 @@ def error_response(err: JobError) -> JSONResponse:
     return JSONResponse(err.envelope(), status_code=err.status_code, headers=err.headers or None)
 
 
-def _loc_to_param(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+def _param(parts: tuple) -> str:
+    """A pydantic ``loc`` as the request spells it: ``messages[0].content``."""
     out = ""
-    for p in parts:
+    for p in map(str, parts):
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out
+
+
+def _loc_to_param(loc: tuple) -> str:
+    """FastAPI's ``loc`` (``("body", ...)``) without its leading location: only that one, since a
+    field may itself be called ``body`` (``POST /v1/jobs``)."""
+    return _param(loc[1:] if loc and loc[0] in ("body", "query", "path") else loc)
 
 
 def from_validation_error(exc: ValidationError, prefix: str = "") -> JobError:
     """A pydantic error raised outside FastAPI's own validation (a body parsed in two steps) → 400."""
     errors = exc.errors()
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    param = _loc_to_param(tuple(first.get("loc", ())))
+    param = _param(tuple(first.get("loc", ())))
     param = f"{prefix}.{param}" if prefix and param else (prefix or param)
     text = str(first.get("msg", "invalid request"))
     msg = f"{param}: {text}" if param else text

@@ -1,7 +1,8 @@
-"""What the routes call: check the model is served, turn a request into a job, wait or stream.
+"""What the routes call: check the model is served, submit the request's job, wait or stream.
 
-Routes stay thin (parse, one call, answer); the translation request → job payload → response
-lives here and in ``responses.py``/``streaming.py``.
+Routes stay thin (parse, one call, answer). Requests arrive checked and translate themselves into
+job payloads (``to_job``); a job's typed events (its :class:`~tasks.queue.client.JobWatch`) are
+translated into answers by ``responses.py`` (run to the end) and ``streaming.py`` (SSE).
 """
 
 from __future__ import annotations
@@ -9,50 +10,53 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
 
 from tasks.contract.catalog import list_models, resolve
 from tasks.contract.errors import JobError
 from tasks.contract.logging_setup import bind, request_id_var
 from tasks.contract.payloads import (
+    FINAL_STATUSES,
     TASK_EMBED,
     TASK_GENERATE,
     TASK_INITIALIZE,
     TASK_TOKENIZE,
     EmbedJob,
     EmbedResult,
+    Endpoint,
     GenerateJob,
     GenerateResult,
     InitializeJob,
+    JobBase,
+    JobStatus,
     LoadOptions,
-    TokenizeJob,
 )
 from tasks.contract.records import WorkerInfo
 from tasks.contract.settings import Settings
 from tasks.queue.client import JobClient, JobWatch, new_job_id
+from tasks.queue.events import R
 
 from . import responses
-from .guards import stable_sampling
-from .metrics import JobTracker, Metrics
+from .metrics import Metrics
+from .middleware import request_started
 from .overload import check_queue
 from .schemas.chat import ChatCompletionRequest
 from .schemas.completions import CompletionRequest
 from .schemas.embeddings import EmbeddingRequest
+from .schemas.jobs import BackgroundBody
 from .schemas.tokenize import DetokenizeRequest, TokenizeRequest
 
 
 @dataclass
-class Submitted:
-    """A watched job whose worker has accepted it (for streams: the prompt passed validation)."""
+class Submitted(Generic[R]):
+    """A watched job; for streams, one its worker has accepted (the prompt passed validation)."""
 
     job_id: str
     created: int
     model: str
-    watch: JobWatch
-    tracker: JobTracker
+    watch: JobWatch[R]
 
 
 class Gateway:
@@ -113,126 +117,71 @@ class Gateway:
     def _deadline(self) -> float:
         return time.time() + self.settings.request_timeout
 
-    def chat_job(self, req: ChatCompletionRequest, job_id: str, deadline: float) -> GenerateJob:
-        req.check()
-        return GenerateJob(job_id=job_id, model=req.model, messages=req.to_messages(), n=req.n,
-                           sampling=stable_sampling(req.to_sampling()), stream=req.stream, deadline=deadline,
-                           request_id=request_id_var.get(), tools=req.tool_specs(),
-                           tool_choice=req.normalized_tool_choice(), parallel_tool_calls=req.parallel_tool_calls is not False)
-
-    def completion_job(self, req: CompletionRequest, job_id: str, deadline: float) -> GenerateJob:
-        req.check()
-        if req.stream and req.echo and req.logprobs is not None:
-            raise JobError("`echo` with `logprobs` is not supported when streaming; drop `stream`.",
-                           status_code=400, param="echo")
-        return GenerateJob(job_id=job_id, model=req.model, prompts=req.prompts(), n=req.n, echo=req.echo,
-                           sampling=stable_sampling(req.to_sampling()), stream=req.stream, deadline=deadline,
-                           request_id=request_id_var.get())
-
-    def embed_job(self, req: EmbeddingRequest, job_id: str, deadline: float) -> EmbedJob:
-        req.check()
-        return EmbedJob(job_id=job_id, model=req.model, inputs=req.inputs(), dimensions=req.dimensions, deadline=deadline,
-                        request_id=request_id_var.get())
-
-    async def _admit(self, job: BaseModel) -> None:
+    async def _admit(self, job: JobBase) -> None:
         """Refuse at once (429) when the model's queue is full; bind the job id for the log lines."""
-        await check_queue(self.redis, job.model, job.klass, self.settings.max_queue_depth)  # type: ignore[attr-defined]
-        bind(job_id=job.job_id)  # type: ignore[attr-defined]
+        await check_queue(self.redis, job.model, job.klass, self.settings.max_queue_depth)
+        bind(job_id=job.job_id)
 
-    async def _submit(self, task: str, job: BaseModel, endpoint: str, kind: str, meta: dict[str, Any]) -> Submitted:
-        """Check, subscribe, enqueue, and wait until the worker accepted the job (or failed it)."""
-        await self.ensure_served(job.model, kind)  # type: ignore[attr-defined]
+    async def _submit(self, task: str, job: JobBase, endpoint: Endpoint, kind: str) -> Submitted[Any]:
+        """Check, enqueue and watch; the watch counts the job in the metrics."""
+        await self.ensure_served(job.model, kind)
         await self._admit(job)
-        tracker = self.metrics.track(endpoint, job.model)  # type: ignore[attr-defined]
-        watch = await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=True)
+        watch = await self.jobs.submit(task, job, endpoint=endpoint, meta={}, watch=True)
         assert watch is not None
-        return Submitted(job.job_id, int(time.time()), job.model, watch, tracker)  # type: ignore[attr-defined]
-
-    async def run_to_end(self, sub: Submitted) -> dict[str, Any]:
-        """Wait for the final result of a submitted job; raise its error."""
-        try:
-            async with sub.watch as watch:
-                while True:
-                    event = await watch.next()
-                    if event.type == "done":
-                        sub.tracker.succeeded(event.result)
-                        return event.result or {}
-                    if event.type == "error":
-                        raise JobError.from_dict(event.error or {})
-        except JobError as e:
-            sub.tracker.failed(e)
-            raise
-        finally:
-            sub.tracker.cancelled()  # the client left (no-op when an outcome is already counted)
+        watch.observer = self.metrics.track(endpoint, job.model, request_started())
+        return Submitted(job.job_id, int(time.time()), job.model, watch)
 
     async def chat(self, req: ChatCompletionRequest) -> dict[str, Any]:
-        job = self.chat_job(req, new_job_id("chatcmpl"), self._deadline())
-        sub = await self._submit(TASK_GENERATE, job, "/v1/chat/completions", "chat", {})
-        result = GenerateResult.model_validate(await self.run_to_end(sub))
-        return responses.chat_completion(sub.job_id, sub.created, sub.model, result)
+        job = req.to_job(new_job_id("chatcmpl"), self._deadline(), request_id_var.get())
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, "/v1/chat/completions", "chat")
+        return responses.chat_completion(sub.job_id, sub.created, sub.model, await sub.watch.result())
 
     async def completion(self, req: CompletionRequest) -> dict[str, Any]:
-        job = self.completion_job(req, new_job_id("cmpl"), self._deadline())
-        sub = await self._submit(TASK_GENERATE, job, "/v1/completions", "chat", {})
-        result = GenerateResult.model_validate(await self.run_to_end(sub))
-        return responses.text_completion(sub.job_id, sub.created, sub.model, result)
+        job = req.to_job(new_job_id("cmpl"), self._deadline(), request_id_var.get())
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, "/v1/completions", "chat")
+        return responses.text_completion(sub.job_id, sub.created, sub.model, await sub.watch.result())
 
     async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
-        job = self.embed_job(req, new_job_id("emb"), self._deadline())
-        sub = await self._submit(TASK_EMBED, job, "/v1/embeddings", "embedding", {})
-        result = EmbedResult.model_validate(await self.run_to_end(sub))
-        return responses.embeddings(sub.model, result, req.encoding_format)
+        job = req.to_job(new_job_id("emb"), self._deadline(), request_id_var.get())
+        sub: Submitted[EmbedResult] = await self._submit(TASK_EMBED, job, "/v1/embeddings", "embedding")
+        return responses.embeddings(sub.model, await sub.watch.result(), req.encoding_format)
 
-    async def stream_chat(self, req: ChatCompletionRequest) -> Submitted:
-        return await self._open_stream(self.chat_job(req, new_job_id("chatcmpl"), self._deadline()), "/v1/chat/completions")
+    async def stream_chat(self, req: ChatCompletionRequest) -> Submitted[GenerateResult]:
+        job = req.to_job(new_job_id("chatcmpl"), self._deadline(), request_id_var.get())
+        return await self._open_stream(job, "/v1/chat/completions")
 
-    async def stream_completion(self, req: CompletionRequest) -> Submitted:
-        return await self._open_stream(self.completion_job(req, new_job_id("cmpl"), self._deadline()), "/v1/completions")
+    async def stream_completion(self, req: CompletionRequest) -> Submitted[GenerateResult]:
+        job = req.to_job(new_job_id("cmpl"), self._deadline(), request_id_var.get())
+        return await self._open_stream(job, "/v1/completions")
 
-    async def _open_stream(self, job: GenerateJob, endpoint: str) -> Submitted:
+    async def _open_stream(self, job: GenerateJob, endpoint: Endpoint) -> Submitted[GenerateResult]:
         """Submit a streaming job and wait for ``started``, so that a refused prompt is an ordinary
         HTTP error rather than a 200 followed by an error event."""
-        sub = await self._submit(TASK_GENERATE, job, endpoint, "chat", {})
-        try:
-            first = await sub.watch.next()
-        except BaseException as e:
-            sub.tracker.failed(e) if isinstance(e, JobError) else sub.tracker.cancelled()
-            await sub.watch.__aexit__(None, None, None)
-            raise
-        if first.type == "error":
-            await sub.watch.close()
-            err = JobError.from_dict(first.error or {})
-            sub.tracker.failed(err)
-            raise err
-        if first.type != "started":
-            sub.watch.push_back(first)
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, endpoint, "chat")
+        await sub.watch.started()
         return sub
 
     # --- async jobs ----------------------------------------------------------------------------
 
-    async def submit_async(self, endpoint: str, body: BaseModel) -> dict[str, Any]:
-        job_id = new_job_id("job")
-        deadline = time.time() + self.settings.job_ttl
+    async def submit_async(self, endpoint: Endpoint, body: BackgroundBody) -> dict[str, Any]:
+        job_id, deadline, rid = new_job_id("job"), time.time() + self.settings.job_ttl, request_id_var.get()
         meta: dict[str, Any] = {}
         job: GenerateJob | EmbedJob
-        if isinstance(body, ChatCompletionRequest):
-            job, task, kind = self.chat_job(body, job_id, deadline), TASK_GENERATE, "chat"
-        elif isinstance(body, CompletionRequest):
-            job, task, kind = self.completion_job(body, job_id, deadline), TASK_GENERATE, "chat"
-        else:
-            assert isinstance(body, EmbeddingRequest)
-            job, task, kind = self.embed_job(body, job_id, deadline), TASK_EMBED, "embedding"
+        if isinstance(body, EmbeddingRequest):
+            job, task, kind = body.to_job(job_id, deadline, rid), TASK_EMBED, "embedding"
             meta["encoding_format"] = body.encoding_format
+        else:
+            job, task, kind = body.to_job(job_id, deadline, rid), TASK_GENERATE, "chat"
         await self.ensure_served(job.model, kind)
         job.klass = "background"  # behind every interactive request (tasks/worker/gate.py)
         return await self._submit_background(task, job, endpoint, meta)
 
-    async def _submit_background(self, task: str, job: BaseModel, endpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
+    async def _submit_background(self, task: str, job: JobBase, endpoint: Endpoint, meta: dict[str, Any]) -> dict[str, Any]:
         """Enqueue without waiting; the answer describes the job as accepted (queued)."""
         await self._admit(job)
         await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=False)
-        return {"id": job.job_id, "object": "job", "status": "queued", "endpoint": endpoint,  # type: ignore[attr-defined]
-                "model": job.model, "created_at": int(time.time()), "started_at": None,  # type: ignore[attr-defined]
+        return {"id": job.job_id, "object": "job", "status": "queued", "endpoint": endpoint,
+                "model": job.model, "created_at": int(time.time()), "started_at": None,
                 "finished_at": None, "result": None, "error": None}
 
     async def initialize(self, model: str, options: LoadOptions) -> dict[str, Any]:
@@ -249,14 +198,15 @@ class Gateway:
             raise JobError(f"No job with id `{job_id}` (unknown, or its result expired).", status_code=404,
                            type="invalid_request_error", code="job_not_found", param="id")
         rec = await self.jobs.reconcile(job_id, rec)
+        status: JobStatus = rec["status"]
         view: dict[str, Any] = {
-            "id": job_id, "object": "job", "status": rec["status"], "endpoint": rec.get("endpoint"),
+            "id": job_id, "object": "job", "status": status, "endpoint": rec.get("endpoint"),
             "model": rec.get("model"), "created_at": int(rec["created_at"]),
             "started_at": int(rec["started_at"]) if rec.get("started_at") else None,
-            "finished_at": int(rec["finished_at"]) if rec.get("finished_at") and rec["status"] in ("succeeded", "failed", "cancelled") else None,
+            "finished_at": int(rec["finished_at"]) if rec.get("finished_at") and status in FINAL_STATUSES else None,
             "result": None, "error": None,
         }
-        if rec["status"] == "succeeded" and rec.get("result") is not None:
+        if status == "succeeded" and rec.get("result") is not None:
             view["result"] = responses.for_endpoint(rec["endpoint"], job_id, view["created_at"], rec["model"],
                                                     rec.get("meta") or {}, rec["result"])
         if rec.get("error"):
@@ -284,20 +234,10 @@ class Gateway:
 
     # --- tokenization ----------------------------------------------------------------------------
 
-    async def _tokenize_job(self, job: TokenizeJob) -> dict[str, Any]:
-        sub = await self._submit(TASK_TOKENIZE, job, "tokenize", "chat", {})
-        return await self.run_to_end(sub)
-
-    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
-        req.check()
-        messages = [m.flatten(i) for i, m in enumerate(req.messages)] if req.messages is not None else None
-        return await self._tokenize_job(TokenizeJob(
-            job_id=new_job_id("tok"), model=req.model, messages=messages, prompt=req.prompt,
-            add_special_tokens=req.add_special_tokens, deadline=self._deadline(), request_id=request_id_var.get()))
-
-    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
-        return await self._tokenize_job(TokenizeJob(job_id=new_job_id("tok"), model=req.model, tokens=req.tokens,
-                                                    deadline=self._deadline(), request_id=request_id_var.get()))
+    async def tokenize(self, req: TokenizeRequest | DetokenizeRequest) -> dict[str, Any]:
+        job = req.to_job(new_job_id("tok"), self._deadline(), request_id_var.get())
+        sub: Submitted[dict[str, Any]] = await self._submit(TASK_TOKENIZE, job, "tokenize", "chat")
+        return await sub.watch.result()
 
     # --- workers ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the front, all named ``llmhost_*``, served at ``GET /metrics``.
+"""Prometheus metrics of the front, all named ``llmhost_*`` (served by ``api/routes/metrics.py``).
 
 Each app has its own :class:`~prometheus_client.CollectorRegistry` (several apps in one process do
 not collide). Counters and histograms are updated as requests and jobs go by; the worker and queue
@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from pathlib import Path
+from typing import Optional
 
 import redis
-from fastapi import APIRouter, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tasks.contract.catalog import list_models
 from tasks.contract.errors import JobError
+from tasks.contract.payloads import EmbedResult, GenerateResult
+from tasks.queue.client import JobClient
+from tasks.queue.events import Result
 from tasks.queue.presence import queue_depths
-
-from .middleware import request_started
-
-if TYPE_CHECKING:
-    from .gateway import Gateway
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -70,20 +67,21 @@ class Metrics:
                                  ["model"], registry=r)
         self.redis_up = Gauge("llmhost_redis_up", "1 when Redis answered the last scrape.", registry=r)
 
-    def track(self, endpoint: str, model: str) -> "JobTracker":
-        return JobTracker(self, endpoint, model)
+    def track(self, endpoint: str, model: str, started: Optional[float] = None) -> "JobTracker":
+        """The tracker of one job; ``started`` (``time.perf_counter()``) is when its request arrived."""
+        return JobTracker(self, endpoint, model, started)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.request_duration.labels(route, method).observe(seconds)
 
-    async def refresh_gauges(self, gw: "Gateway") -> None:
+    async def refresh_gauges(self, jobs: JobClient, models_dir: Path) -> None:
         """Read worker presence and queue lengths from Redis; on failure the gauges are left empty."""
         try:
-            workers = await gw.workers(fresh=True)
-            models = sorted({m.id for m in await asyncio.to_thread(list_models, gw.settings.models_dir)}
+            workers = await jobs.workers(fresh=True)
+            models = sorted({m.id for m in await asyncio.to_thread(list_models, models_dir)}
                             | {w.model for w in workers if w.model})
-            depths = await queue_depths(gw.redis, models)
+            depths = await queue_depths(jobs.redis, models)
         except redis.RedisError:
             workers, models, depths, up = [], [], {}, 0
         else:
@@ -108,13 +106,15 @@ class Metrics:
 
 
 class JobTracker:
-    """The metrics of one job the API waits for: stream latencies, token counts, one outcome."""
+    """The metrics of one job the API waits for: stream latencies, token counts, one outcome.
+    A :class:`tasks.queue.events.JobObserver`: the job's watch tells it what happened."""
 
-    def __init__(self, metrics: Metrics, endpoint: str, model: str) -> None:
+    def __init__(self, metrics: Metrics, endpoint: str, model: str, started: Optional[float] = None) -> None:
         self.m = metrics
         self.endpoint = endpoint
         self.model = model
-        self.started = request_started() or time.perf_counter()
+        self.started = started or time.perf_counter()
+        self._itl: Optional[Histogram] = None  # its labelled child, looked up once rather than per token
         self._last: dict[int, float] = {}
         self._first = True
         self.outcome: Optional[str] = None
@@ -125,7 +125,9 @@ class JobTracker:
             self._first = False
             self.m.ttft.labels(self.model).observe(now - self.started)
         elif index in self._last:
-            self.m.itl.labels(self.model).observe(now - self._last[index])
+            if self._itl is None:
+                self._itl = self.m.itl.labels(self.model)
+            self._itl.observe(now - self._last[index])
         self._last[index] = now
 
     def _end(self, outcome: str) -> bool:
@@ -135,16 +137,13 @@ class JobTracker:
         self.m.job_outcomes.labels(self.endpoint, outcome).inc()
         return True
 
-    def succeeded(self, result: Optional[dict[str, Any]]) -> None:
-        if not self._end("succeeded") or not result:
+    def succeeded(self, result: Result) -> None:
+        if not self._end("succeeded") or not isinstance(result, (GenerateResult, EmbedResult)):
             return
-        if "outputs" in result:  # a generation: one prompt per distinct index
-            outputs = result["outputs"]
-            prompt = sum({o.get("index", 0): o.get("prompt_tokens", 0) for o in outputs}.values())
-            self.m.prompt_tokens.labels(self.model).inc(prompt)
-            self.m.generation_tokens.labels(self.model).inc(sum(o.get("completion_tokens", 0) for o in outputs))
-        elif "prompt_tokens" in result:  # embeddings
-            self.m.prompt_tokens.labels(self.model).inc(result["prompt_tokens"])
+        usage = result.usage()  # the same count as the response's `usage`
+        self.m.prompt_tokens.labels(self.model).inc(usage.prompt)
+        if isinstance(result, GenerateResult):
+            self.m.generation_tokens.labels(self.model).inc(usage.completion)
 
     def failed(self, err: JobError) -> None:
         self._end(outcome_of(err))
@@ -152,13 +151,3 @@ class JobTracker:
     def cancelled(self) -> None:
         """The client went away before the end (the job is cancelled on its way out)."""
         self._end("cancelled")
-
-
-router = APIRouter(tags=["system"])
-
-
-@router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
-    m: Metrics = request.app.state.metrics
-    await m.refresh_gauges(request.app.state.gateway)
-    return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,8 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tasks.contract.errors import JobError
 from tasks.contract.logging_setup import bind
 
-if TYPE_CHECKING:
-    from .metrics import Metrics
+from .metrics import Metrics
 
 access_log = logging.getLogger("llmhost.access")
 
@@ -68,7 +67,7 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: "Metrics | None" = None) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
         self.metrics = metrics
 

@@ -13,9 +13,7 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
 
 
 def totals(result: GenerateResult) -> dict[str, int]:
-    # Each prompt counts once, however many choices (n) were drawn from it.
-    prompts = sum(o.prompt_tokens for o in result.outputs if o.index % result.n == 0)
-    return usage(prompts, sum(o.completion_tokens for o in result.outputs))
+    return usage(*result.usage())  # the same count as the metrics'
 
 
 def chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:

@@ -1,22 +1,22 @@
-"""One streaming contract for chat and text completions, encoded as SSE ``data:`` lines.
+"""OpenAI's streaming contract for chat and text completions: a job's typed events as SSE.
 
 Chat: a role chunk first; content deltas; one final chunk per choice carrying ``finish_reason``;
 a usage chunk with empty ``choices`` when ``stream_options.include_usage``; ``[DONE]`` always last.
 A failure after the 200 becomes an error event, then ``[DONE]``. Leaving early (the client went
-away) cancels the job, through :class:`tasks.client.JobWatch`.
+away) cancels the job, through :class:`tasks.queue.client.JobWatch`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterator, assert_never
 
-from tasks.contract.errors import JobError
 from tasks.contract.payloads import GenerateResult, TokenLogprob, ToolCall
+from tasks.queue.events import Failed, Finished, TextDelta
 
 from .gateway import Submitted
 from .responses import chat_logprobs, completion_logprobs, totals
+from .sse import DONE, json_frame
 
 
 @dataclass
@@ -50,6 +50,18 @@ class StreamShape:
         return []
 
 
+@dataclass
+class Shown:
+    """What one choice has shown so far. Deltas are fire-and-forget on pub/sub, so text lost on
+    the way (a Redis blip) is sent from the final result rather than silently missing."""
+
+    pieces: list[str] = field(default_factory=list)  # joined once, at the end
+
+    def missing(self, final: str) -> str:
+        shown = "".join(self.pieces)
+        return final[len(shown):] if len(final) > len(shown) and final.startswith(shown) else ""
+
+
 def tool_call_deltas(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
     """OpenAI's streamed shape of ``tool_calls``: per call, its id and name with empty arguments,
     then the arguments; a client concatenating them gets the non-streamed ``message.tool_calls``."""
@@ -60,52 +72,36 @@ def tool_call_deltas(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
     return pieces
 
 
-def _data(obj: Any) -> dict[str, str]:
-    return {"data": json.dumps(obj, separators=(",", ":"), ensure_ascii=False)}
+def closing(result: GenerateResult, shape: StreamShape, shown: dict[int, Shown]) -> Iterator[dict[str, Any]]:
+    """The chunks' bodies after the last delta: per choice the missing text, its tool calls and its
+    one ``finish_reason``; then the usage."""
+    for o in result.outputs:
+        if rest := shown.get(o.index, Shown()).missing(o.text):
+            yield {"choices": [shape.choice(o.index, rest, None)]}
+        for piece in tool_call_deltas(o.tool_calls) if shape.chat else ():
+            yield {"choices": [{"index": o.index, "delta": {"tool_calls": [piece]}, "logprobs": None,
+                                "finish_reason": None}]}
+        yield {"choices": [shape.choice(o.index, None if shape.chat else "", o.finish_reason)]}
+    if shape.include_usage:
+        yield {"choices": [], "usage": totals(result)}
 
 
-async def stream_events(sub: Submitted, shape: StreamShape) -> AsyncIterator[dict[str, str]]:
+async def stream_events(sub: Submitted[GenerateResult], shape: StreamShape) -> AsyncIterator[bytes]:
     base = {"id": sub.job_id, "object": shape.object, "created": sub.created, "model": sub.model}
-
-    def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
-        return _data({**base, "choices": choices, **extra})
-
-    tracker = sub.tracker
-    # What each choice has shown so far: deltas are fire-and-forget on pub/sub, so text lost on the
-    # way (a Redis blip) is sent from the final result rather than silently missing.
-    sent: dict[int, str] = {i: text for i, text in enumerate(shape.echo or [])}
-    async with sub.watch as watch:
-        try:
-            for opening in shape.opening():
-                yield chunk([opening])
-            while True:
-                event = await watch.next()
-                if event.type == "delta":
-                    tracker.delta(event.index)
-                    sent[event.index] = sent.get(event.index, "") + event.text
-                    yield chunk([shape.choice(event.index, event.text, None, logprobs=event.logprobs)])
-                elif event.type == "done":
-                    tracker.succeeded(event.result)
-                    result = GenerateResult.model_validate(event.result or {})
-                    for o in result.outputs:
-                        shown = sent.get(o.index, "")
-                        if len(o.text) > len(shown) and o.text.startswith(shown):
-                            yield chunk([shape.choice(o.index, o.text[len(shown):], None)])
-                        for piece in tool_call_deltas(o.tool_calls) if shape.chat else ():
-                            yield chunk([{"index": o.index, "delta": {"tool_calls": [piece]}, "logprobs": None,
-                                          "finish_reason": None}])
-                        yield chunk([shape.choice(o.index, None if shape.chat else "", o.finish_reason)])
-                    if shape.include_usage:
-                        yield chunk([], usage=totals(result))
-                    break
-                elif event.type == "error":
-                    err = JobError.from_dict(event.error or {})
-                    tracker.failed(err)
-                    yield _data(err.envelope())
-                    break
-        except JobError as e:  # timeout or lost worker while streaming
-            tracker.failed(e)
-            yield _data(e.envelope())
-        finally:
-            tracker.cancelled()  # the client went away (no-op when the job already has an outcome)
-        yield {"data": "[DONE]"}
+    shown = {i: Shown([text]) for i, text in enumerate(shape.echo or [])}
+    async with sub.watch as events:
+        for opening in shape.opening():
+            yield json_frame({**base, "choices": [opening]})
+        async for event in events:
+            match event:
+                case TextDelta(index, text, logprobs):
+                    shown.setdefault(index, Shown()).pieces.append(text)
+                    yield json_frame({**base, "choices": [shape.choice(index, text, None, logprobs=logprobs)]})
+                case Finished(result):
+                    for body in closing(result, shape, shown):
+                        yield json_frame({**base, **body})
+                case Failed(error):
+                    yield json_frame(error.envelope())
+                case _:
+                    assert_never(event)
+    yield DONE

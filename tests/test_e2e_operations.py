@@ -247,6 +247,26 @@ def test_metrics_after_chat_requests(http, client):
     assert not any("job-none" in v for (_, labels) in after for _, v in labels)
 
 
+def test_metrics_count_each_prompt_once_with_n(http, client):
+    """n choices share one prompt: the prompt-token counter grows as `usage.prompt_tokens` does, once."""
+    before = scrape(http)
+    msg = [{"role": "user", "content": "Count from 1 to 20."}]
+    r = client.chat.completions.create(model=TINY_CHATML, messages=msg, n=2, max_tokens=4, temperature=1.0, seed=7)
+    chunks = list(client.chat.completions.create(model=TINY_CHATML, messages=msg, n=2, max_tokens=4, stream=True,
+                                                 stream_options={"include_usage": True}))
+    after = scrape(http)
+    streamed = chunks[-1].usage
+    assert len(r.choices) == 2 and streamed is not None
+    single = client.chat.completions.create(model=TINY_CHATML, messages=msg, max_tokens=1).usage.prompt_tokens
+    assert r.usage.prompt_tokens == streamed.prompt_tokens == single  # one prompt, however many choices
+
+    def grew(name) -> float:
+        return val(after, name, model=TINY_CHATML) - val(before, name, model=TINY_CHATML)
+
+    assert grew("llmhost_prompt_tokens_total") == r.usage.prompt_tokens + streamed.prompt_tokens
+    assert grew("llmhost_generation_tokens_total") == r.usage.completion_tokens + streamed.completion_tokens
+
+
 # --- overload -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

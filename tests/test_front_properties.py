@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from api.errors import _loc_to_param, from_validation_error
-from api.guards import MIN_TEMPERATURE, MIN_TOP_P, stable_sampling
 from api.middleware import sane_request_id
 from api.overload import retry_after
 from api.routes.legacy import _as_openai
@@ -21,7 +20,7 @@ from api.schemas.completions import CompletionRequest
 from api.schemas.legacy import GenerateRequest
 from api.security import KeyChecker, bearer_token
 from tasks.contract.errors import JobError
-from tasks.contract.payloads import SamplingParams
+from tasks.contract.payloads import MIN_TEMPERATURE, MIN_TOP_P, SamplingParams
 from tasks.contract.settings import Settings
 
 settings.register_profile("llmhost", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -147,7 +146,7 @@ def test_legacy_mapping_is_faithful_or_a_400(common, prompt, messages, stream):
 
 @given(temperature=st.floats(0, 2), top_p=st.floats(0, 1, exclude_min=True))
 def test_stable_sampling(temperature, top_p):
-    out = stable_sampling(SamplingParams(temperature=temperature, top_p=top_p))
+    out = SamplingParams(temperature=temperature, top_p=top_p)
     assert out.temperature == 0.0 or out.temperature >= MIN_TEMPERATURE
     assert out.top_p >= MIN_TOP_P
     if temperature == 0 or temperature >= MIN_TEMPERATURE:

@@ -15,6 +15,7 @@ from api.overload import queue_full, retry_after
 from api.security import KeyChecker, bearer_token
 from tasks.contract.errors import JobError
 from tasks.contract.logging_setup import ContextFilter, JsonFormatter, TextFormatter, job_logger, log_context
+from tasks.contract.payloads import GenerateResult, Output
 from tasks.contract.settings import Settings, load_api_keys
 
 
@@ -127,7 +128,8 @@ def test_outcomes_and_separate_registries():
     a, b = Metrics(), Metrics()  # two apps in one process: no "Duplicated timeseries" error
     a.observe_request("/x", "GET", 200, 0.1)
     t = a.track("/v1/chat/completions", "m")
-    t.delta(0), t.delta(0), t.succeeded({"outputs": [{"index": 0, "prompt_tokens": 3, "completion_tokens": 2}]})
+    t.delta(0), t.delta(0), t.succeeded(GenerateResult(outputs=[Output(index=0, text="ab", finish_reason="length",
+                                                                       prompt_tokens=3, completion_tokens=2)]))
     t.cancelled()  # ignored: the job already has its outcome
     assert b"llmhost_requests_total{" in a.render() and b"llmhost_requests_total{" not in b.render()
     text = a.render().decode()

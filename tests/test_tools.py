@@ -346,21 +346,17 @@ FN = {"type": "function", "function": WEATHER}
     ({"tools": [FN], "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_front_refuses_bad_tools_naming_the_param(fields, param):
-    req = chat_request(**fields)
     with pytest.raises(JobError) as e:
-        req.check()
-        req.tool_specs()
-        req.normalized_tool_choice()
+        chat_request(**fields)  # checked when parsed
     assert e.value.status_code == 400 and e.value.param == param
 
 
 def test_front_normalises_tools_and_messages():
-    req = chat_request(tools=[FN], tool_choice={"type": "function", "function": {"name": "get_weather"}},
-                       parallel_tool_calls=False)
-    req.check()
-    assert req.tool_specs() == [WEATHER] and req.normalized_tool_choice() == {"name": "get_weather"}
-    assert chat_request(tools=[FN]).normalized_tool_choice() == "auto"
-    assert chat_request().normalized_tool_choice() == "none"
+    job = chat_request(tools=[FN], tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                       parallel_tool_calls=False).to_job("job-1", 0.0, None)
+    assert job.tools == [WEATHER] and job.tool_choice == {"name": "get_weather"} and not job.parallel_tool_calls
+    assert chat_request(tools=[FN]).to_job("job-2", 0.0, None).tool_choice == "auto"
+    assert chat_request().to_job("job-3", 0.0, None).tool_choice == "none"
     m = ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]})
     assert m.flatten(1) == Message(role="assistant", content="", tool_calls=[CALL])

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Optional, assert_never
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -18,6 +18,7 @@ from sse_starlette import EventSourceResponse
 
 from tasks.contract.errors import JobError
 from tasks.contract.payloads import GenerateResult
+from tasks.queue.events import Failed, Finished, TextDelta
 
 from ..deps import GatewayDep, SettingsDep
 from ..errors import from_validation_error
@@ -26,6 +27,7 @@ from ..responses import usage
 from ..schemas.chat import ChatCompletionRequest
 from ..schemas.completions import CompletionRequest
 from ..schemas.legacy import GenerateRequest, InitializeRequest
+from ..sse import frame, sse_response
 
 router = APIRouter(prefix="/old", tags=["legacy"])
 
@@ -45,7 +47,7 @@ def _as_openai(req: GenerateRequest, default_model: str, stream: bool) -> ChatCo
         raise from_validation_error(e) from None
 
 
-async def _open(gw: Gateway, req: ChatCompletionRequest | CompletionRequest) -> Submitted:
+async def _open(gw: Gateway, req: ChatCompletionRequest | CompletionRequest) -> Submitted[GenerateResult]:
     if isinstance(req, ChatCompletionRequest):
         return await gw.stream_chat(req)
     return await gw.stream_completion(req)
@@ -60,8 +62,7 @@ async def initialize(req: InitializeRequest, gw: GatewayDep, settings: SettingsD
 @router.post("/generate")
 async def generate(req: GenerateRequest, gw: GatewayDep, settings: SettingsDep) -> dict[str, Any]:
     sub = await _open(gw, _as_openai(req, settings.default_models[0], stream=False))
-    result = GenerateResult.model_validate(await gw.run_to_end(sub))
-    out = result.outputs[0]
+    out = (await sub.watch.result()).outputs[0]
     return {"job_id": sub.job_id, "model": sub.model, "text": out.text, "finish_reason": out.finish_reason,
             "usage": usage(out.prompt_tokens, out.completion_tokens)}
 
@@ -69,35 +70,24 @@ async def generate(req: GenerateRequest, gw: GatewayDep, settings: SettingsDep) 
 @router.post("/stream")
 async def stream(req: GenerateRequest, gw: GatewayDep, settings: SettingsDep) -> EventSourceResponse:
     sub = await _open(gw, _as_openai(req, settings.default_models[0], stream=True))
+    return sse_response(_events(sub))
 
-    async def events() -> AsyncIterator[dict[str, str]]:
-        tracker = sub.tracker
-        async with sub.watch as watch:
-            try:
-                while True:
-                    event = await watch.next()
-                    if event.type == "delta":
-                        tracker.delta(event.index)
-                        yield {"event": "token", "data": json.dumps({"text": event.text})}
-                    elif event.type == "done":
-                        tracker.succeeded(event.result)
-                        out = GenerateResult.model_validate(event.result or {}).outputs[0]
-                        yield {"event": "done", "data": json.dumps({
-                            "job_id": sub.job_id, "text": out.text, "finish_reason": out.finish_reason,
-                            "usage": usage(out.prompt_tokens, out.completion_tokens)})}
-                        return
-                    elif event.type == "error":
-                        err = JobError.from_dict(event.error or {})
-                        tracker.failed(err)
-                        yield {"event": "error", "data": json.dumps(err.envelope())}
-                        return
-            except JobError as e:
-                tracker.failed(e)
-                yield {"event": "error", "data": json.dumps(e.envelope())}
-            finally:
-                tracker.cancelled()  # the client went away (no-op when the job already has an outcome)
 
-    return EventSourceResponse(events(), sep="\n", ping=15)
+async def _events(sub: Submitted[GenerateResult]) -> AsyncIterator[bytes]:
+    """The first API's stream: ``token`` per delta, then ``done`` (the whole text) or ``error``."""
+    async with sub.watch as events:
+        async for event in events:
+            match event:
+                case TextDelta(text=text):
+                    yield frame(json.dumps({"text": text}), event="token")
+                case Finished(result):
+                    out = result.outputs[0]
+                    yield frame(json.dumps({"job_id": sub.job_id, "text": out.text, "finish_reason": out.finish_reason,
+                                            "usage": usage(out.prompt_tokens, out.completion_tokens)}), event="done")
+                case Failed(error):
+                    yield frame(json.dumps(error.envelope()), event="error")
+                case _:
+                    assert_never(event)
 
 
 @router.get("/status")

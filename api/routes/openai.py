@@ -5,20 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from sse_starlette import EventSourceResponse
 
 from ..cancellation import unless_disconnected
 from ..deps import GatewayDep
 from ..schemas.chat import ChatCompletionRequest
 from ..schemas.completions import CompletionRequest
 from ..schemas.embeddings import EmbeddingRequest
+from ..sse import sse_response
 from ..streaming import StreamShape, stream_events
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-
-
-def sse(events: Any) -> EventSourceResponse:
-    return EventSourceResponse(events, sep="\n", ping=15)
 
 
 @router.post("/chat/completions")
@@ -26,8 +22,8 @@ async def chat_completions(req: ChatCompletionRequest, gw: GatewayDep, request: 
     if not req.stream:
         return await unless_disconnected(request, gw.chat(req))
     sub = await gw.stream_chat(req)
-    return sse(stream_events(sub, StreamShape("chat.completion.chunk", chat=True, include_usage=req.include_usage,
-                                              choices=req.n)))
+    shape = StreamShape("chat.completion.chunk", chat=True, include_usage=req.include_usage, choices=req.n)
+    return sse_response(stream_events(sub, shape))
 
 
 @router.post("/completions")
@@ -36,8 +32,9 @@ async def completions(req: CompletionRequest, gw: GatewayDep, request: Request) 
         return await unless_disconnected(request, gw.completion(req))
     sub = await gw.stream_completion(req)
     prompts = [p for p in req.prompts() for _ in range(req.n)]
-    return sse(stream_events(sub, StreamShape("text_completion", chat=False, include_usage=req.include_usage,
-                                              choices=len(prompts), echo=prompts if req.echo else None)))
+    shape = StreamShape("text_completion", chat=False, include_usage=req.include_usage, choices=len(prompts),
+                        echo=prompts if req.echo else None)
+    return sse_response(stream_events(sub, shape))
 
 
 @router.post("/embeddings")

@@ -19,4 +19,4 @@ async def tokenize(req: TokenizeRequest, gw: GatewayDep) -> dict[str, Any]:
 
 @router.post("/detokenize")
 async def detokenize(req: DetokenizeRequest, gw: GatewayDep) -> dict[str, Any]:
-    return await gw.detokenize(req)
+    return await gw.tokenize(req)

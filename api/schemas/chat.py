@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Self, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from tasks.contract.errors import invalid_request
-from tasks.contract.payloads import Message, ToolCall
+from tasks.contract.payloads import GenerateJob, Message, SamplingParams, ToolCall
 
 from .common import SamplingFields
+from .response_format import Constraint, parse_constraint
+from .tools import FunctionSpec, ToolChoice, forces_a_call, parse_tool_choice, parse_tools
 
 
 class ContentPart(BaseModel):
@@ -58,9 +59,6 @@ class ChatMessage(BaseModel):
                        tool_call_id=self.tool_call_id if self.role == "tool" else None)
 
 
-TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
 def _tool_call(call: Any, param: str) -> ToolCall:
     """``{"id", "type": "function", "function": {"name", "arguments"}}`` of an assistant message."""
     fn = call.get("function") if isinstance(call, dict) else None
@@ -84,94 +82,37 @@ class ChatCompletionRequest(SamplingFields):
 
     unsupported_fields: ClassVar[dict[str, Any]] = {"functions": [], "function_call": "none"}
 
-    def check(self) -> None:
-        self.check_common()
+    # What the checks below resolve the wire fields into, for the job.
+    _messages: list[Message] = PrivateAttr(default_factory=list)
+    _tools: Optional[list[FunctionSpec]] = PrivateAttr(None)
+    _tool_choice: ToolChoice = PrivateAttr("none")
+    _constraint: Optional[Constraint] = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _resolved(self) -> Self:
+        # In the order the checks have always answered (the first failing one is the 400).
         if self.top_logprobs and not self.logprobs:
             raise invalid_request("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
-        if self.forced_tool_choice() and self.constraint() is not None:
+        self._tools = parse_tools(self.tools)
+        self._tool_choice = parse_tool_choice(self.tool_choice, self._tools)
+        if forces_a_call(self._tool_choice) and parse_constraint(self.response_format) is not None:
             raise invalid_request("`response_format` cannot be combined with a `tool_choice` that forces a call.",
                                   param="response_format")
-
-    def tool_specs(self) -> Optional[list[dict[str, Any]]]:
-        """``tools`` as the worker's function specs ``{"name", "description", "parameters"}``."""
-        if not self.tools:
-            return None
-        specs: list[dict[str, Any]] = []
-        for i, tool in enumerate(self.tools):
-            param = f"tools[{i}]"
-            if not isinstance(tool, dict) or tool.get("type") != "function":
-                raise invalid_request(f'`{param}.type` must be "function".', param=f"{param}.type")
-            fn = tool.get("function")
-            if not isinstance(fn, dict):
-                raise invalid_request(f"`{param}.function` must be an object.", param=f"{param}.function")
-            name = fn.get("name")
-            if not isinstance(name, str) or not TOOL_NAME.match(name):
-                raise invalid_request(f"`{param}.function.name` must match ^[A-Za-z0-9_-]{{1,64}}$; got {name!r}.",
-                                      param=f"{param}.function.name")
-            if name in (s["name"] for s in specs):
-                raise invalid_request(f"`{param}.function.name` {name!r} is declared twice.",
-                                      param=f"{param}.function.name")
-            parameters = fn.get("parameters", {"type": "object", "properties": {}})
-            if not isinstance(parameters, dict):
-                raise invalid_request(f"`{param}.function.parameters` must be a JSON schema object.",
-                                      param=f"{param}.function.parameters")
-            description = fn.get("description")
-            if description is not None and not isinstance(description, str):
-                raise invalid_request(f"`{param}.function.description` must be a string.",
-                                      param=f"{param}.function.description")
-            specs.append({"name": name, **({"description": description} if description else {}),
-                          "parameters": parameters})
-        return specs
-
-    def normalized_tool_choice(self) -> Union[str, dict[str, Any]]:
-        """``"none" | "auto" | "required" | {"name": fn}``; 400 when it names no declared tool."""
-        choice, specs = self.tool_choice, self.tool_specs()
-        if choice is None:
-            return "auto" if specs else "none"
-        if isinstance(choice, str):
-            if choice not in ("none", "auto", "required"):
-                raise invalid_request(f'`tool_choice` must be "none", "auto", "required" or a function; got {choice!r}.',
-                                      param="tool_choice")
-            if choice == "required" and not specs:
-                raise invalid_request('`tool_choice: "required"` needs `tools`.', param="tool_choice")
-            return choice
-        fn = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            raise invalid_request('`tool_choice` must be {"type": "function", "function": {"name": ...}}.',
-                                  param="tool_choice")
-        if fn["name"] not in (s["name"] for s in specs or ()):
-            raise invalid_request(f"`tool_choice` names the function {fn['name']!r}, which is not in `tools`.",
-                                  param="tool_choice")
-        return {"name": fn["name"]}
-
-    def forced_tool_choice(self) -> bool:
-        choice = self.normalized_tool_choice()
-        return isinstance(choice, dict) or choice == "required"
-
-    def constraint(self) -> Optional[dict[str, Any]]:
-        """``response_format`` as the worker's structured-output constraint."""
-        rf = self.response_format
-        kind = (rf or {}).get("type", "text")
-        if kind == "text":
-            return None
-        if kind == "json_object":
-            return {"type": "json_object"}
-        if kind == "json_schema":
-            spec = rf.get("json_schema") or {}  # type: ignore[union-attr]
-            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-                raise invalid_request("`response_format.json_schema.schema` must be a JSON schema object.",
-                                      param="response_format.json_schema")
-            return {"type": "json_schema", "schema": spec.get("schema") or {}}
-        raise invalid_request(f"`response_format.type` must be text, json_object or json_schema, not {kind!r}.",
-                              param="response_format.type")
-
-    def to_messages(self) -> list[Message]:
-        return [m.flatten(i) for i, m in enumerate(self.messages)]
+        self._messages = [m.flatten(i) for i, m in enumerate(self.messages)]
+        self._constraint = parse_constraint(self.response_format)
+        return self
 
     @property
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens or self.max_tokens
 
-    def to_sampling(self):  # noqa: ANN201
+    def to_sampling(self) -> SamplingParams:
         return self.sampling(self.max_new_tokens, logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-                             constraint=self.constraint())
+                             constraint=self._constraint.payload() if self._constraint else None)
+
+    def to_job(self, job_id: str, deadline: float, request_id: Optional[str]) -> GenerateJob:
+        return GenerateJob(job_id=job_id, model=self.model, messages=self._messages, n=self.n,
+                           sampling=self.to_sampling(), stream=self.stream, deadline=deadline, request_id=request_id,
+                           tools=[s.payload() for s in self._tools] if self._tools else None,
+                           tool_choice=self._tool_choice if isinstance(self._tool_choice, str) else self._tool_choice.payload(),
+                           parallel_tool_calls=self.parallel_tool_calls is not False)

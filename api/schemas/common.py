@@ -1,11 +1,19 @@
-"""Shared pieces of the OpenAI wire schemas."""
+"""Shared pieces of the OpenAI wire schemas.
+
+A request is checked once, when it is parsed: field types and bounds by pydantic, the rules that
+span fields (or need the OpenAI wording of their error) by each model's ``after`` validator, which
+raises :class:`JobError` with the field as ``param``. Pydantic passes exceptions other than
+``ValueError`` through untouched, so that error reaches the client as it was written; ``after``
+validators run only once every field is valid, so a field error still comes first, and a parent's
+validator runs before its subclass's, as the checks did when they were methods.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Self, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tasks.contract.errors import invalid_request
 from tasks.contract.payloads import SamplingParams
@@ -14,11 +22,13 @@ log = logging.getLogger("llmhost.api")
 
 _LOGGED_EXTRAS: set[str] = set()
 
+# Validation context key: the body is for ``POST /v1/jobs``, which cannot stream.
+BACKGROUND = "background"
+
 
 class OpenAIModel(BaseModel):
     """Tolerates fields we do not know (clients send vendor extensions) and logs each name once;
-    refuses known ones we do not support through :meth:`refuse_unsupported`, never by silently
-    ignoring them."""
+    refuses known ones we do not support (``unsupported_fields``), never by silently ignoring them."""
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -26,15 +36,22 @@ class OpenAIModel(BaseModel):
     unsupported_fields: ClassVar[dict[str, Any]] = {}
 
     @model_validator(mode="after")
-    def _log_unknown_fields(self) -> "OpenAIModel":
+    def _checked(self, info: ValidationInfo) -> Self:
+        self._log_unknown_fields()
+        if BACKGROUND in (info.context or {}) and getattr(self, "stream", False):
+            raise invalid_request("Background jobs cannot stream; drop `stream` or call the endpoint directly.",
+                                  param="body.stream")
+        self._refuse_unsupported()
+        return self
+
+    def _log_unknown_fields(self) -> None:
         for name in self.model_extra or {}:
             key = f"{type(self).__name__}.{name}"
             if key not in _LOGGED_EXTRAS and name not in self.unsupported_fields:
                 _LOGGED_EXTRAS.add(key)
                 log.info("ignoring unknown field `%s` in %s (logged once)", name, type(self).__name__)
-        return self
 
-    def refuse_unsupported(self) -> None:
+    def _refuse_unsupported(self) -> None:
         for name, neutral in self.unsupported_fields.items():
             value = getattr(self, name, None) if name in type(self).model_fields else (self.model_extra or {}).get(name)
             if value is not None and value != neutral:
@@ -84,10 +101,11 @@ class SamplingFields(OpenAIModel):
                 raise ValueError(f"logit_bias values lie in [-100, 100]; {key}: {value}")
         return v
 
-    def check_common(self) -> None:
-        self.refuse_unsupported()
+    @model_validator(mode="after")
+    def _stream_options(self) -> Self:
         if self.stream_options is not None and not self.stream:
             raise invalid_request("`stream_options` is only allowed when `stream` is true.", param="stream_options")
+        return self
 
     @property
     def include_usage(self) -> bool:

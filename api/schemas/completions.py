@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Self, Union
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from tasks.contract.errors import invalid_request
+from tasks.contract.payloads import GenerateJob, SamplingParams
 
 from .common import SamplingFields
 
@@ -24,27 +25,41 @@ class CompletionRequest(SamplingFields):
 
     unsupported_fields: ClassVar[dict[str, Any]] = {"suffix": ""}
 
-    def check(self) -> None:
-        self.check_common()
+    _prompts: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _resolved(self) -> Self:
         if self.best_of is not None and self.best_of != self.n:
             raise invalid_request("`best_of` other than `n` is not supported (use `n`).", param="best_of")
+        if self.stream and self.echo and self.logprobs is not None:
+            raise invalid_request("`echo` with `logprobs` is not supported when streaming; drop `stream`.",
+                                  param="echo")
+        self._prompts = _texts(self.prompt)
+        return self
 
-    def to_sampling(self):  # noqa: ANN201
+    def prompts(self) -> list[str]:
+        return list(self._prompts)
+
+    def to_sampling(self) -> SamplingParams:
         # echo with logprobs: the prompt's own tokens get logprobs too, as evaluation harnesses need.
         return self.sampling(self.max_tokens, logprobs=self.logprobs,
                              prompt_logprobs=self.logprobs if self.echo and self.logprobs is not None else None)
 
-    def prompts(self) -> list[str]:
-        p = self.prompt
-        if isinstance(p, str):
-            texts = [p]
-        elif p and all(isinstance(x, str) for x in p):
-            texts = list(p)  # type: ignore[arg-type]
-        elif not p:
-            raise invalid_request("`prompt` must not be empty.", param="prompt")
-        else:
-            raise invalid_request("Token-id prompts are not supported by this server yet; send text.", param="prompt")
-        # An empty string has no tokens to start from (models without a BOS token would get none).
-        if any(t == "" for t in texts):
-            raise invalid_request("`prompt` must not contain empty strings.", param="prompt")
-        return texts
+    def to_job(self, job_id: str, deadline: float, request_id: Optional[str]) -> GenerateJob:
+        return GenerateJob(job_id=job_id, model=self.model, prompts=self.prompts(), n=self.n, echo=self.echo,
+                           sampling=self.to_sampling(), stream=self.stream, deadline=deadline, request_id=request_id)
+
+
+def _texts(p: Union[str, list[str], list[int], list[list[int]]]) -> list[str]:
+    if isinstance(p, str):
+        texts = [p]
+    elif not p:
+        raise invalid_request("`prompt` must not be empty.", param="prompt")
+    elif all(isinstance(x, str) for x in p):
+        texts = [x for x in p if isinstance(x, str)]
+    else:
+        raise invalid_request("Token-id prompts are not supported by this server yet; send text.", param="prompt")
+    # An empty string has no tokens to start from (models without a BOS token would get none).
+    if any(t == "" for t in texts):
+        raise invalid_request("`prompt` must not contain empty strings.", param="prompt")
+    return texts

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Self, Union
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr, model_validator
 
 from tasks.contract.errors import invalid_request
+from tasks.contract.payloads import EmbedJob
 
 from .common import OpenAIModel
+
+MAX_INPUTS = 2048
 
 
 class EmbeddingRequest(OpenAIModel):
@@ -18,21 +21,29 @@ class EmbeddingRequest(OpenAIModel):
     dimensions: Optional[int] = Field(None, ge=1)
     user: Optional[str] = None
 
-    def check(self) -> None:
-        self.refuse_unsupported()
+    _inputs: list[str] = PrivateAttr(default_factory=list)
 
-    def inputs(self) -> list[str]:
+    @model_validator(mode="after")
+    def _resolved(self) -> Self:
         x = self.input
         if isinstance(x, str):
             texts = [x]
-        elif x and all(isinstance(s, str) for s in x):
-            texts = list(x)  # type: ignore[arg-type]
         elif not x:
             raise invalid_request("`input` must not be empty.", param="input")
+        elif all(isinstance(s, str) for s in x):
+            texts = [s for s in x if isinstance(s, str)]
         else:
             raise invalid_request("Token-id inputs are not supported by this server yet; send text.", param="input")
         if any(t == "" for t in texts):
             raise invalid_request("`input` must not contain empty strings.", param="input")
-        if len(texts) > 2048:
-            raise invalid_request("`input` may hold at most 2048 items.", param="input")
-        return texts
+        if len(texts) > MAX_INPUTS:
+            raise invalid_request(f"`input` may hold at most {MAX_INPUTS} items.", param="input")
+        self._inputs = texts
+        return self
+
+    def inputs(self) -> list[str]:
+        return list(self._inputs)
+
+    def to_job(self, job_id: str, deadline: float, request_id: Optional[str]) -> EmbedJob:
+        return EmbedJob(job_id=job_id, model=self.model, inputs=self.inputs(), dimensions=self.dimensions,
+                        deadline=deadline, request_id=request_id)

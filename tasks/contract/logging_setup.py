@@ -14,7 +14,7 @@ Request and job ids come from context variables, so code that logs needs no para
 * code on another thread (the engine thread) passes them per call: ``log.info("...",
   extra={"job_id": seq.job_id})``, or wraps its logger once: ``job_logger(log, job_id, request_id)``.
 
-Prompts and generated text are never logged (``LLMHOST_LOG_PROMPTS`` exists for a future opt-in).
+Prompts and generated text are never logged.
 """
 
 from __future__ import annotations

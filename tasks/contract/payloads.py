@@ -6,15 +6,16 @@ HTTP or OpenAI wire shapes: the front translates requests into them and results 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Self, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from tasks.contract.records import JobClass
 
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "initialize"]
+# What a job record's ``endpoint`` says made the job (the front's metrics label it the same way).
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "initialize", "tokenize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+FINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
 TASK_GENERATE = "llmhost.generate"
 TASK_EMBED = "llmhost.embed"
@@ -40,6 +41,13 @@ class Message(BaseModel):
     tool_call_id: Optional[str] = None
 
 
+# Values valid on the wire that would break a worker's arithmetic: a temperature like 5e-324
+# overflows logits / temperature, a top_p like that vanishes in float32, and the sampler meets NaN.
+# Such values mean greedy decoding, so that is what they become.
+MIN_TEMPERATURE = 1e-4  # below: greedy (a softmax this sharp is an argmax anyway)
+MIN_TOP_P = 1e-6  # below: the nucleus is the single most likely token, which 1e-6 keeps too
+
+
 class SamplingParams(BaseModel):
     """Per-sequence decoding parameters, resolved by the front (request > defaults) in one place."""
 
@@ -60,6 +68,14 @@ class SamplingParams(BaseModel):
     prompt_logprobs: Optional[int] = Field(None, ge=0, le=20, description="logprobs of the prompt's own tokens (echo)")
     # Structured output: {"type": "json_object"} or {"type": "json_schema", "schema": {...}}.
     constraint: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _stable(self) -> Self:
+        if 0.0 < self.temperature < MIN_TEMPERATURE:
+            self.temperature = 0.0
+        if self.top_p < MIN_TOP_P:
+            self.top_p = MIN_TOP_P
+        return self
 
     @property
     def greedy(self) -> bool:
@@ -146,18 +162,32 @@ class Output(BaseModel):
     completion_tokens: int
     logprobs: Optional[list[TokenLogprob]] = None
     prompt_logprobs: Optional[list[TokenLogprob]] = None
-    prompt_text: Optional[str] = None  # echo
     tool_calls: Optional[list[ToolCall]] = None
+
+
+class Usage(NamedTuple):
+    """The tokens a job consumed: what a response's ``usage`` reports and the metrics count."""
+
+    prompt: int
+    completion: int = 0
 
 
 class GenerateResult(BaseModel):
     outputs: list[Output]
     n: int = 1  # choices per prompt: outputs p*n .. p*n+n-1 share prompt p
 
+    def usage(self) -> Usage:
+        # Each prompt counts once, however many choices (n) were drawn from it.
+        prompts = {o.index // self.n: o.prompt_tokens for o in self.outputs}
+        return Usage(sum(prompts.values()), sum(o.completion_tokens for o in self.outputs))
+
 
 class EmbedResult(BaseModel):
     vectors: list[list[float]]
     prompt_tokens: int
+
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens)
 
 
 class Event(BaseModel):

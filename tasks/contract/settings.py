@@ -67,7 +67,6 @@ class Settings(BaseSettings):
     api_keys_file: Optional[Path] = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="CORS off when empty")
     log_format: Literal["json", "text"] = "json"
-    log_prompts: bool = Field(False, description="prompts and outputs are never logged unless true")
     max_queue_depth: int = Field(256, ge=0, description="jobs waiting in one model's queue before 429; 0 = unlimited")
 
     @field_validator("api_keys", "cors_origins", mode="before")

@@ -7,7 +7,8 @@ Each API process subscribes once to its own reply channel (:class:`EventHub`), a
 waits for names that channel in ``reply_to``: no Redis connection or SUBSCRIBE per request, and no
 process receives other processes' tokens. A job's queue is registered *before* the job is enqueued,
 so no early token is lost. When its queue is quiet a waiter looks at the job record, so a lost
-message, a dead worker or a deadline never leaves it waiting forever.
+message, a dead worker or a deadline never leaves it waiting forever. :class:`JobWatch` hands a
+job's events out typed (:mod:`tasks.queue.events`).
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, Generic, cast
 
 import redis.asyncio as aioredis
 from celery import Celery
-from pydantic import BaseModel
+from pydantic import ValidationError
 
 from tasks.contract.celery_app import send_job
-from tasks.contract.errors import JobError
-from tasks.contract.payloads import Event
-from tasks.contract.records import WORKER_KEY, JobClass, WorkerInfo, queue_name, reply_channel
+from tasks.contract.errors import JobError, server_error
+from tasks.contract.payloads import FINAL_STATUSES, TASK_GENERATE, Event, JobBase
+from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
+from tasks.queue.events import Failed, Finished, JobEvent, JobObserver, NoObserver, R, TextDelta, parse_result
 from tasks.queue.presence import live_workers
 from tasks.queue.store import JobStore
 
@@ -127,19 +129,17 @@ class JobClient:
             self._presence = (time.monotonic(), cached)
         return cached
 
-    async def submit(self, task: str, job: BaseModel, *, endpoint: str, meta: dict[str, Any], watch: bool) -> "JobWatch | None":
+    async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool) -> "JobWatch | None":
         """Record the job, open its event queue (when ``watch``), then enqueue it."""
-        job_id: str = job.job_id  # type: ignore[attr-defined]
-        model: str = job.model  # type: ignore[attr-defined]
-        watcher = None
+        job_id, model = job.job_id, job.model
+        watcher: JobWatch[Any] | None = None
         if watch:
-            job.reply_to = self.hub.channel  # type: ignore[attr-defined]
-            watcher = JobWatch(self, job_id, model, deadline=job.deadline)  # type: ignore[attr-defined]
-        klass: JobClass = job.klass  # type: ignore[attr-defined]
-        queue = queue_name(model, klass)
+            job.reply_to = self.hub.channel
+            watcher = JobWatch(self, job_id, model, deadline=job.deadline, task=task)
+        queue = queue_name(model, job.klass)
         payload = job.model_dump(mode="json")
         try:
-            await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=klass,
+            await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=job.klass,
                                     payload=json.dumps(payload))
             await asyncio.to_thread(send_job, self.celery, task, payload, job_id, queue)
         except BaseException:
@@ -191,30 +191,39 @@ class JobClient:
         return rec
 
 
-class JobWatch:
-    """Events of one job, in order, ending with ``done`` or ``error`` (or a raised JobError)."""
+class JobWatch(Generic[R]):
+    """One job's typed events (:mod:`tasks.queue.events`) in order: text deltas, then ``Finished``
+    or ``Failed``, then the end. The only reader of a job's events: its queue on this process's
+    reply channel and, when that is quiet, its record. It tells ``observer`` (the front's metrics)
+    each delta and exactly one outcome: succeeded, failed (timeouts included), or cancelled when
+    the watcher leaves before the end.
 
-    def __init__(self, client: JobClient, job_id: str, model: str, deadline: float) -> None:
+    ``async with watch: async for event in watch: ...``; leaving the block early cancels the job.
+    """
+
+    def __init__(self, client: JobClient, job_id: str, model: str, deadline: float, task: str = TASK_GENERATE) -> None:
         self.client = client
         self.job_id = job_id
         self.model = model
         self.deadline = deadline
+        self.task = task
+        self.observer: JobObserver = NoObserver()  # set by whoever counts the job
         self._timeout = max(0.0, deadline - time.time())
         self._queue = client.hub.open(job_id)
-        self._pending: list[Event] = []
-        self.finished = False
-
-    def push_back(self, event: Event) -> None:
-        """Return an event to the front of the queue (a caller peeked at it)."""
-        self._pending.insert(0, event)
+        self._held: JobEvent[R] | None = None  # what came instead of `started`
+        self.finished = False  # the job reached a final state: nothing left to cancel
+        self._ended = False  # its last event was handed out (and its outcome told)
 
     async def close(self) -> None:
         self.client.hub.close(self.job_id)
 
-    async def __aenter__(self) -> "JobWatch":
+    async def __aenter__(self) -> "JobWatch[R]":
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        if not self._ended:
+            self._ended = True
+            self.observer.cancelled()
         # A watcher that leaves before the end (client gone, timeout, error) cancels the job so the
         # worker stops spending time on it. The cancel runs as a task of its own: we may be inside a
         # cancelled anyio scope (sse-starlette on disconnect), where any await here would be
@@ -225,23 +234,86 @@ class JobWatch:
             task.add_done_callback(_BACKGROUND.discard)
         await self.close()
 
-    async def next(self) -> Event:
-        if self._pending:
-            return self._pending.pop(0)
+    def __aiter__(self) -> "JobWatch[R]":
+        return self
+
+    async def __anext__(self) -> JobEvent[R]:
+        if self._ended:
+            raise StopAsyncIteration
+        event, self._held = self._held, None
+        while event is None:
+            event = await self._next()
+        self._observe(event)
+        return event
+
+    async def started(self) -> None:
+        """Wait until the worker accepted the job (the prompt passed its checks). A refusal, a
+        timeout or a lost worker before that is raised, so that a stream answers an ordinary HTTP
+        error rather than a 200 followed by an error event."""
+        try:
+            event = await self._next(until_started=True)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        if isinstance(event, Failed):
+            self._observe(event)
+            await self.__aexit__(None, None, None)
+            raise event.error
+        self._held = event  # a delta or the result came first: `started` was lost on the way
+
+    async def result(self) -> R:
+        """Run to the end: the job's result, or its error raised."""
+        async with self:
+            async for event in self:
+                if isinstance(event, Finished):
+                    return event.result
+                if isinstance(event, Failed):
+                    raise event.error
+        raise server_error("The job's events ended without a result.")  # unreachable: a watch ends with one
+
+    def _observe(self, event: JobEvent[R]) -> None:
+        if isinstance(event, TextDelta):
+            self.observer.delta(event.index)
+            return
+        self._ended = True
+        if isinstance(event, Finished):
+            self.observer.succeeded(event.result)
+        else:
+            self.observer.failed(event.error)
+
+    async def _next(self, until_started: bool = False) -> JobEvent[R] | None:
+        """The next typed event; None for `started` when ``until_started``."""
         while True:
             remaining = self.deadline - time.time()
             if remaining <= 0:
-                raise timeout_error(self._timeout)
+                return Failed(timeout_error(self._timeout))  # the job has not ended: cancelled on exit
             try:
-                event = await asyncio.wait_for(self._queue.get(), timeout=min(POLL_SECONDS, remaining))
-            except TimeoutError:
-                polled = await self._from_record()
-                if polled is None:
-                    continue
-                event = polled
-            if event.type in ("done", "error"):
-                self.finished = True
-            return event
+                wire: Event | None = self._queue.get_nowait()  # no timer for what is already here
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(min(POLL_SECONDS, remaining)):
+                        wire = await self._queue.get()
+                except TimeoutError:
+                    wire = await self._from_record()
+            if wire is None:
+                continue
+            if wire.type == "started":
+                if until_started:
+                    return None
+                continue
+            return self._typed(wire)
+
+    def _typed(self, wire: Event) -> JobEvent[R]:
+        if wire.type == "delta":
+            return TextDelta(wire.index, wire.text, wire.logprobs)
+        self.finished = True
+        if wire.type == "error":
+            return Failed(JobError.from_dict(wire.error or {}))
+        try:
+            return Finished(cast(R, parse_result(self.task, wire.result)))
+        except ValidationError as e:
+            log.error("job %s: unreadable result (%s)", self.job_id, e.errors()[:1])
+            return Failed(server_error("The worker returned a result the API cannot read."))
 
     async def _from_record(self) -> Event | None:
         """When the channel is quiet: has the job ended (or its worker gone) meanwhile?"""
@@ -251,6 +323,6 @@ class JobWatch:
         rec = await self.client.reconcile(self.job_id, rec)
         if rec["status"] == "succeeded":
             return Event(type="done", result=rec.get("result"))
-        if rec["status"] in ("failed", "cancelled"):
+        if rec["status"] in FINAL_STATUSES:
             return Event(type="error", error=rec.get("error") or {})
         return None

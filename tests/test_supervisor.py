@@ -26,3 +26,18 @@ def test_stop_terminates_a_running_child():
     child.start()
     child.stop()
     assert child.proc.wait(10) != 0
+
+
+def test_flower_is_opt_in_and_never_without_a_login():
+    import pytest
+
+    from tasks.contract.settings import Settings
+    from tasks.supervisor.main import _children
+
+    env = {"LLMHOST_REDIS_URL": "redis://127.0.0.1:1/0"}
+    assert [c.name for c in _children(Settings(default_models=["a/b"]), env)] == ["worker a/b", "api"]
+    with pytest.raises(SystemExit, match="FLOWER_BASIC_AUTH"):
+        _children(Settings(default_models=["a/b"], flower_port=5555), env)
+    flower = _children(Settings(default_models=["a/b"], flower_port=5555), {**env, "FLOWER_BASIC_AUTH": "u:p"})[-1]
+    assert flower.name == "flower" and "flower" in flower.argv and "--port=5555" in flower.argv
+    assert "--broker=redis://127.0.0.1:1/0" in flower.argv

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     state_dir: Path = PROJECT_ROOT / ".state"
     host: str = "127.0.0.1"
     port: int = Field(41443, ge=1, le=65535)
+    # `make run` also starts Flower (Celery's own monitor) here when set; needs FLOWER_BASIC_AUTH.
+    flower_port: Optional[int] = Field(None, ge=1, le=65535)
 
     # What `make run` serves.
     default_models: list[str] = [

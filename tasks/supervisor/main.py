@@ -14,7 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from tasks.contract.settings import get_settings, load_api_keys
+from tasks.contract.settings import Settings, get_settings, load_api_keys
 from tasks.supervisor.redis_server import RedisServer
 
 MAX_BACKOFF = 30.0
@@ -62,6 +62,22 @@ def _ready(url: str, api_key: str | None = None) -> bool:
         return False
 
 
+def _children(settings: Settings, env: dict[str, str]) -> list[Child]:
+    """One worker per default model, the API, and Flower when asked for (``LLMHOST_FLOWER_PORT``)."""
+    py = sys.executable
+    children = [Child(f"worker {m}", [py, "-m", "tasks.worker", "--model", m], env) for m in settings.default_models]
+    children.append(Child("api", [py, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", settings.host,
+                                  "--port", str(settings.port), "--log-level", "warning"], env))
+    if settings.flower_port:
+        if not env.get("FLOWER_BASIC_AUTH"):
+            raise SystemExit("[llmhost] LLMHOST_FLOWER_PORT is set: set FLOWER_BASIC_AUTH=user:password too "
+                             "(Flower shows every task; it is never served without a login)")
+        # Flower reads FLOWER_BASIC_AUTH from the environment itself.
+        children.append(Child("flower", [py, "-m", "celery", f"--broker={env['LLMHOST_REDIS_URL']}", "flower",
+                                         f"--address={settings.host}", f"--port={settings.flower_port}"], env))
+    return children
+
+
 def main() -> int:
     settings = get_settings()
     api_key = next(iter(load_api_keys(settings)), None)  # /ready is behind the key when keys are set
@@ -73,10 +89,7 @@ def main() -> int:
         env["LLMHOST_REDIS_URL"] = redis_server.url
         print(f"[llmhost] started redis-server at {redis_server.url} (data in {redis_server.data_dir})", flush=True)
 
-    py = sys.executable
-    children = [Child(f"worker {m}", [py, "-m", "tasks.worker", "--model", m], env) for m in settings.default_models]
-    children.append(Child("api", [py, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", settings.host,
-                                  "--port", str(settings.port), "--log-level", "warning"], env))
+    children = _children(settings, env)
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -104,7 +117,8 @@ def main() -> int:
                 child.check(now)
             if not announced and _ready(f"{base}/ready", api_key):
                 announced = True
-                print(f"[llmhost] ready in {now - started:.1f} s: OpenAI API at {base}/v1, web page at {base}/ "
+                flower = f", Flower at http://{settings.host}:{settings.flower_port}" if settings.flower_port else ""
+                print(f"[llmhost] ready in {now - started:.1f} s: OpenAI API at {base}/v1, web page at {base}/{flower} "
                       f"(models: {', '.join(settings.default_models)}); Ctrl-C stops", flush=True)
             time.sleep(0.5)
     finally:

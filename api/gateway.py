@@ -89,6 +89,8 @@ class Gateway:
             "served": bool(ready), "workers": len(ready),
             "workers_loading": sum(w.state == "loading" for w in mine),
             "kind": next((w.kind for w in ready if w.kind), None),
+            # The handler family (handlers/registry.py): a ready worker's, else any announced one.
+            "family": next((w.family for w in ready + mine if w.family), None),
         }
 
     async def ensure_served(self, model: str, kind: str) -> None:

@@ -8,12 +8,20 @@ from typing import Any
 from tasks.contract.payloads import EmbedResult, GenerateResult, TokenLogprob, ToolCall
 
 
-def usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(prompt: int, completion: int, reasoning: int | None = None) -> dict[str, Any]:
+    """OpenAI's ``usage``; ``reasoning``: of the completion tokens, those spent thinking (reasoning
+    models only, as ``completion_tokens_details.reasoning_tokens``)."""
+    body: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                            "total_tokens": prompt + completion}
+    if reasoning is not None:
+        body["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return body
 
 
-def totals(result: GenerateResult) -> dict[str, int]:
-    return usage(*result.usage())  # the same count as the metrics'
+def totals(result: GenerateResult) -> dict[str, Any]:
+    counted = result.usage()  # the same count as the metrics'
+    thinks = any(o.reasoning is not None for o in result.outputs)
+    return usage(counted.prompt, counted.completion, counted.reasoning if thinks else None)
 
 
 def chat_logprobs(entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
@@ -50,7 +58,9 @@ def chat_completion(job_id: str, created: int, model: str, result: GenerateResul
         "choices": [{
             "index": o.index,
             "message": {"role": "assistant", "content": None if o.tool_calls and not o.text else o.text,
-                        "refusal": None, "tool_calls": tool_calls(o.tool_calls)},
+                        "refusal": None, "tool_calls": tool_calls(o.tool_calls),
+                        # A reasoning model's thought, as vLLM and llama.cpp name it.
+                        **({"reasoning_content": o.reasoning} if o.reasoning is not None else {})},
             "logprobs": chat_logprobs(o.logprobs), "finish_reason": o.finish_reason,
         } for o in result.outputs],
         "usage": totals(result), "system_fingerprint": None,

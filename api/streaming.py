@@ -1,6 +1,7 @@
 """OpenAI's streaming contract for chat and text completions: a job's typed events as SSE.
 
-Chat: a role chunk first; content deltas; one final chunk per choice carrying ``finish_reason``;
+Chat: a role chunk first; content deltas (a reasoning model's thought as ``reasoning_content``
+deltas, never in ``content``); one final chunk per choice carrying ``finish_reason``;
 a usage chunk with empty ``choices`` when ``stream_options.include_usage``; ``[DONE]`` always last.
 A failure after the 200 becomes an error event, then ``[DONE]``. Leaving early (the client went
 away) cancels the job, through :class:`tasks.queue.client.JobWatch`.
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, assert_never
 
 from tasks.contract.payloads import GenerateResult, TokenLogprob, ToolCall
-from tasks.queue.events import Failed, Finished, TextDelta
+from tasks.queue.events import Failed, Finished, ReasoningDelta, TextDelta
 
 from .gateway import Submitted
 from .responses import chat_logprobs, completion_logprobs, totals
@@ -41,6 +42,11 @@ class StreamShape:
         return {"index": index, "text": text or "", "logprobs": completion_logprobs(logprobs),
                 "finish_reason": finish_reason}
 
+    def thought(self, index: int, text: str, logprobs: list[TokenLogprob] | None = None) -> dict[str, Any]:
+        """A chat chunk's choice carrying reasoning text (``delta.reasoning_content``)."""
+        return {"index": index, "delta": {"reasoning_content": text}, "logprobs": chat_logprobs(logprobs),
+                "finish_reason": None}
+
     def opening(self) -> list[dict[str, Any]]:
         """Per choice, before any token: the role (chat) or the echoed prompt (completions)."""
         if self.chat:
@@ -56,9 +62,10 @@ class Shown:
     the way (a Redis blip) is sent from the final result rather than silently missing."""
 
     pieces: list[str] = field(default_factory=list)  # joined once, at the end
+    thought: list[str] = field(default_factory=list)  # reasoning, likewise
 
-    def missing(self, final: str) -> str:
-        shown = "".join(self.pieces)
+    def missing(self, final: str, thought: bool = False) -> str:
+        shown = "".join(self.thought if thought else self.pieces)
         return final[len(shown):] if len(final) > len(shown) and final.startswith(shown) else ""
 
 
@@ -76,6 +83,8 @@ def closing(result: GenerateResult, shape: StreamShape, shown: dict[int, Shown])
     """The chunks' bodies after the last delta: per choice the missing text, its tool calls and its
     one ``finish_reason``; then the usage."""
     for o in result.outputs:
+        if shape.chat and (rest := shown.get(o.index, Shown()).missing(o.reasoning or "", thought=True)):
+            yield {"choices": [shape.thought(o.index, rest)]}
         if rest := shown.get(o.index, Shown()).missing(o.text):
             yield {"choices": [shape.choice(o.index, rest, None)]}
         for piece in tool_call_deltas(o.tool_calls) if shape.chat else ():
@@ -97,6 +106,10 @@ async def stream_events(sub: Submitted[GenerateResult], shape: StreamShape) -> A
                 case TextDelta(index, text, logprobs):
                     shown.setdefault(index, Shown()).pieces.append(text)
                     yield json_frame({**base, "choices": [shape.choice(index, text, None, logprobs=logprobs)]})
+                case ReasoningDelta(index, text, logprobs):
+                    shown.setdefault(index, Shown()).thought.append(text)
+                    if shape.chat:  # text completions have no place for it (they never reason)
+                        yield json_frame({**base, "choices": [shape.thought(index, text, logprobs)]})
                 case Finished(result):
                     for body in closing(result, shape, shown):
                         yield json_frame({**base, **body})

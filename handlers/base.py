@@ -8,11 +8,10 @@ in token ids and native types; JSON and HTTP stay in the front.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 
@@ -20,7 +19,12 @@ from tasks.contract.errors import JobError, invalid_request
 from tasks.contract.payloads import LoadOptions, Message, SamplingParams, ToolCall
 
 from .loading import load_causal_lm
+from .reasoning import ReasoningPlan, ThinkTags, plan_reasoning
+from .text import token_text_and_bytes
 from .tools import ToolPlan, forced, forced_schema, hf_message, hf_tools, openai_call_id, parse_hermes, uses_tools
+
+if TYPE_CHECKING:
+    from .single import Generation
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,10 @@ class ChatHandler(Handler):
     tool_markers: ClassVar[tuple[str, ...]] = ("<tool_call>",)  # a call starts here, anywhere in the text
     tool_start_markers: ClassVar[tuple[str, ...]] = ()  # … or here, at the start of the output only
     tool_args_key: ClassVar[str] = "arguments"  # the key of a call's arguments in the family's JSON
+    # How the family marks its reasoning (handlers/reasoning.py); None: it does not reason.
+    reasoning_tags: ClassVar[ThinkTags | None] = None
+    # Markup the parsers must see even where a tokenizer marks it special (decoding drops specials).
+    kept_tokens: ClassVar[tuple[str, ...]] = ()
 
     model: Any
     tokenizer: Any
@@ -64,6 +72,7 @@ class ChatHandler(Handler):
         self.device, self.dtype = placement.device, placement.dtype
         self.max_context = self._context_length()
         self.stop_ids = self._stop_ids()
+        self._hidden = self._hidden_ids()
         # Filler for left padding in batches; masked out, so any id the embedding table has will do.
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else min(self.stop_ids, default=0)
@@ -79,23 +88,41 @@ class ChatHandler(Handler):
         if not messages:
             raise invalid_request("`messages` must contain at least one message.", param="messages")
 
-    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str | None:
+    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                         options: Mapping[str, Any] | None = None) -> str | None:
         """The family's own prompt format, used when the model folder carries no chat template, or
-        one that knows nothing of tools while the request has tools, tool calls or tool results."""
+        one that cannot render the request's tools, tool calls or tool results. ``options``: the
+        request's template variables (:meth:`template_options`)."""
         return None
 
-    def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str:
+    def template_options(self, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The request's ``chat_template_kwargs`` (``reasoning_effort`` among them) as this
+        family's template reads them."""
+        return dict(kwargs or {})
+
+    def template_fits(self, template: str, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None) -> bool:
+        """Whether the folder's own template can render this request."""
+        return not uses_tools(messages, tools) or "tools" in template
+
+    def template_inputs(self, messages: Sequence[Message],
+                        tools: Sequence[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The messages and extra variables the folder's own template is rendered with."""
+        return [hf_message(m) for m in messages], ({"tools": hf_tools(tools)} if tools else {})
+
+    def render_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                    template_kwargs: Mapping[str, Any] | None = None) -> str:
         self.validate_messages(messages)
+        options = self.template_options(template_kwargs)
         template = getattr(self.tokenizer, "chat_template", None)
         with_tools = uses_tools(messages, tools)
-        if template and (not with_tools or "tools" in str(template)):
+        if template and self.template_fits(str(template), messages, tools):
+            hf_messages, extra = self.template_inputs(messages, tools)
             try:
-                return self.tokenizer.apply_chat_template(
-                    [hf_message(m) for m in messages], tokenize=False, add_generation_prompt=True,
-                    **({"tools": hf_tools(tools)} if tools else {}))
+                return self.tokenizer.apply_chat_template(hf_messages, tokenize=False, add_generation_prompt=True,
+                                                          **extra, **options)
             except Exception as e:  # noqa: BLE001 - template raise_exception() and friends
                 raise invalid_request(f"The model's chat template refused these messages: {e}", param="messages") from None
-        text = self.builtin_template(messages, tools) if with_tools else self.builtin_template(messages)
+        text = self.builtin_template(messages, tools if with_tools else None, options)
         if text is None:
             if with_tools:
                 raise invalid_request(f"The model `{self.model_id}` has no tool-calling format (its chat template "
@@ -106,10 +133,19 @@ class ChatHandler(Handler):
         return text
 
     def encode_chat(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
-                    prefill: str = "") -> list[int]:
+                    prefill: str = "", template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
         # The rendered text already holds any BOS the template wants: adding special tokens here
         # again is the classic doubled-BOS bug. ``prefill`` starts the assistant's answer (a forced call).
-        return self.tokenizer.encode(self.render_chat(messages, tools) + prefill, add_special_tokens=False)
+        text = self.render_chat(messages, tools, template_kwargs)
+        return self.tokenizer.encode(text + prefill, add_special_tokens=False)
+
+    def reasoning_plan(self, prompt_ids: Sequence[int]) -> ReasoningPlan | None:
+        """How this prompt's output holds its thought (the prompt's last tokens tell whether the
+        template opened it); None for a family that does not reason."""
+        if self.reasoning_tags is None:
+            return None
+        tail = self.tokenizer.decode(list(prompt_ids[-16:]), skip_special_tokens=False)
+        return plan_reasoning(self.reasoning_tags, tail)
 
     # --- tool calling ------------------------------------------------------------------------------
 
@@ -124,6 +160,12 @@ class ChatHandler(Handler):
         """The JSON schema of what follows :meth:`tool_prefill` in a forced call."""
         return forced_schema(tools, choice, self.tool_args_key)
 
+    def forced_call_branches(self, tools: Sequence[dict[str, Any]],
+                             choice: str | dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """A forced call after a thought: (opener, JSON schema) alternatives, the opener forced
+        once the thought has ended (it cannot be prefilled: the thought comes first)."""
+        return [(self.tool_prefill(), self.forced_call_schema(tools, choice))]
+
     def parse_tool_calls(self, text: str) -> tuple[str | None, list[ToolCall]]:
         """(content, calls) of a generated answer; no calls → (``text``, [])."""
         return parse_hermes(text, self.new_tool_call_id)
@@ -135,29 +177,45 @@ class ChatHandler(Handler):
             return None
         plan = ToolPlan(list(tools), self.parse_tool_calls, parallel=parallel, markers=self.tool_markers,
                         start_markers=self.tool_start_markers)
-        if forced(choice):
+        if forced(choice) and self.reasoning_tags is None:
             plan.prefill = self.tool_prefill()
             plan.constraint = {"type": "json_schema", "schema": self.forced_call_schema(tools, choice)}
+        elif forced(choice):
+            plan.constraint = {"type": "tool_call", "branches": [
+                {"lead": lead, "schema": schema} for lead, schema in self.forced_call_branches(tools, choice)]}
         return plan
 
-    def compile_constraint(self, constraint: dict[str, Any] | None) -> Any:
-        """The compiled grammar of a structured-output request (cached per schema), or None."""
+    def compile_constraint(self, constraint: dict[str, Any] | None, reasoning: ReasoningPlan | None = None) -> Any:
+        """The compiled grammar of a structured-output request (cached per schema), or None. With
+        a thought (``reasoning``) or a forced opener, the grammar applies from the thought's end on."""
         if constraint is None:
             return None
         try:
             from .constraints import GrammarCompiler, UnsupportedSchema
+            from .reasoning_grammar import Branch, ReasoningGrammar
         except ImportError:
             raise invalid_request("Structured output is not available on this worker.", param="response_format") from None
         try:
             with self._grammar_lock:
                 if self._grammars is None:
                     self._grammars = GrammarCompiler(self.tokenizer, int(self.model.config.vocab_size), self.stop_ids)
-                if constraint.get("type") == "json_object":
-                    return self._grammars.json_object()
-                return self._grammars.json_schema(constraint.get("schema") or {})
+            compiler = self._grammars
+            if constraint.get("type") == "tool_call":
+                branches = [Branch(tuple(self.tokenizer.encode(b["lead"], add_special_tokens=False)),
+                                   compiler.json_schema(b["schema"])) for b in constraint["branches"]]
+            elif constraint.get("type") == "json_object":
+                branches = [Branch((), compiler.json_object())]
+            else:
+                branches = [Branch((), compiler.json_schema(constraint.get("schema") or {}))]
         except UnsupportedSchema as e:
             raise invalid_request(f"The JSON schema uses a feature that cannot be enforced: {e}",
                                   param="response_format") from None
+        if reasoning is None and len(branches) == 1 and not branches[0].lead:
+            return branches[0].grammar
+        tags = reasoning.tags if reasoning is not None else None
+        return ReasoningGrammar(compiler, branches, thinking=bool(reasoning and reasoning.inside),
+                                start_id=self._single_token(tags.start) if tags else None,
+                                end_tag=tags.end if tags else "")
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer.encode(prompt, add_special_tokens=True)
@@ -179,24 +237,18 @@ class ChatHandler(Handler):
 
     def generate(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
                  is_cancelled: Callable[[], bool] = lambda: False) -> "Generation":
-        return Generation(self, list(prompt_ids), params, max_tokens, is_cancelled)
+        from .single import Generation
+
+        return Generation(self, list(prompt_ids), params, max_tokens, is_cancelled,
+                          self.compile_constraint(params.constraint))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        if self._hidden is None:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode([i for i in ids if i not in self._hidden], skip_special_tokens=False)
 
     def describe_token(self, token_id: int) -> tuple[str, list[int]]:
-        """A token's text and its exact bytes. A token holding part of a UTF-8 character decodes
-        to U+FFFD; its true bytes come from the vocabulary piece (byte-level BPE or <0xNN>)."""
-        text = self.tokenizer.decode([token_id])
-        if "\ufffd" not in text:
-            return text, list(text.encode("utf-8"))
-        piece = self.tokenizer.convert_ids_to_tokens(token_id) or ""
-        if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
-            return text, [int(piece[3:5], 16)]
-        table = _byte_decoder()
-        if piece and all(ch in table for ch in piece):
-            return text, [table[ch] for ch in piece]
-        return text, list(text.encode("utf-8"))
+        return token_text_and_bytes(self.tokenizer, token_id)
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -222,52 +274,16 @@ class ChatHandler(Handler):
         ids.update(vocab[t] for t in self.stop_tokens if t in vocab)
         return ids
 
+    def _hidden_ids(self) -> set[int] | None:
+        """The special tokens decoding drops, when some of the family's markup is special in this
+        tokenizer (it must stay in the text); None: the tokenizer's own skipping is right."""
+        kept = set(self.kept_tokens) | ({self.reasoning_tags.start, self.reasoning_tags.end} if self.reasoning_tags else set())
+        special = {i: t.content for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        special.update({i: self.tokenizer.convert_ids_to_tokens(i) for i in self.tokenizer.all_special_ids})
+        if not kept & set(special.values()):
+            return None
+        return {i for i, content in special.items() if content not in kept}
 
-@functools.lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """The inverse of GPT-2's byte → printable-character table used by byte-level BPE vocabularies."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = printable[:], 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
-class Generation:
-    """One sequence generated alone (in-process use): iterate it for text deltas, then read how it
-    ended. Runs on the same engine as the worker's batches, with a batch of one."""
-
-    def __init__(self, handler: ChatHandler, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-                 is_cancelled: Callable[[], bool]) -> None:
-        from .engine import Engine
-
-        self._engine = Engine(handler, max_batch=1)
-        self._seq = self._engine.add("single", prompt_ids, params, max_tokens)
-        self.is_cancelled = is_cancelled
-
-    @property
-    def text(self) -> str:
-        return self._seq.text
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self._seq.token_ids
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self._seq.token_ids)
-
-    @property
-    def finish_reason(self) -> str:
-        return self._seq.finish_reason or "length"
-
-    def __iter__(self) -> Iterator[str]:
-        while self._engine.has_work():
-            if self.is_cancelled():
-                self._engine.abort(self._seq.id)
-            for out in self._engine.step():
-                if out.delta:
-                    yield out.delta
+    def _single_token(self, text: str) -> int | None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids[0] if len(ids) == 1 else None

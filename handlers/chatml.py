@@ -6,7 +6,7 @@ Tools use the Hermes format of Qwen 2.5's template: the tools listed in the syst
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tasks.contract.payloads import Message
 
@@ -25,7 +25,8 @@ class ChatMLHandler(ChatHandler):
     stop_tokens = ("<|im_end|>", "<|endoftext|>")
     tool_markers = ("<tool_call>",)
 
-    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str:
+    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                         options: Mapping[str, Any] | None = None) -> str:
         msgs, out = list(messages), ""
         if tools:
             system = msgs.pop(0).content + "\n\n" if msgs and msgs[0].role == "system" else ""

@@ -173,6 +173,10 @@ class GrammarCompiler:
     def cached(self) -> int:
         return len(self._cache)
 
+    def token_bytes(self) -> list[bytes]:
+        """Each token's exact bytes, by id (added and special tokens as their text)."""
+        return list(self._info.decoded_vocab)
+
     def _cached(self, key: str, prepare) -> "Grammar":
         with self._lock:
             grammar = self._cache.get(key)

@@ -7,7 +7,7 @@ an ``ipython`` turn; ``<|eom_id|>`` or ``<|eot_id|>`` ends the turn.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tasks.contract.errors import invalid_request
 from tasks.contract.payloads import Message, ToolCall
@@ -34,7 +34,8 @@ class Llama3Handler(ChatHandler):
     tool_start_markers = ("{", PYTHON_TAG)
     tool_args_key = "parameters"
 
-    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str:
+    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                         options: Mapping[str, Any] | None = None) -> str:
         msgs, out = list(messages), "<|begin_of_text|>"
         if tools:
             system = msgs.pop(0).content.strip() if msgs and msgs[0].role == "system" else ""

@@ -8,7 +8,7 @@ Tools: ``[AVAILABLE_TOOLS] [...][/AVAILABLE_TOOLS]`` before the last user ``[INS
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from tasks.contract.errors import invalid_request
 from tasks.contract.payloads import Message, ToolCall
@@ -71,7 +71,8 @@ class MistralHandler(ChatHandler):
             raise invalid_request("Mistral models need the last message to be from the user (or a tool result).",
                                   param="messages")
 
-    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None) -> str:
+    def builtin_template(self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] | None = None,
+                         options: Mapping[str, Any] | None = None) -> str:
         msgs = fold_system(messages)
         last_user = max((i for i, m in enumerate(msgs) if m.role == "user"), default=-1) if tools else -1
         out = "<s>"

@@ -11,7 +11,8 @@ Two small pieces, both pure Python so they are unit-tested without a model:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 Decode = Callable[[Sequence[int]], str]
 
@@ -81,3 +82,31 @@ class StopMatcher:
         out = self.text[self.emitted:upto]
         self.emitted = upto
         return out
+
+
+def token_text_and_bytes(tokenizer: Any, token_id: int) -> tuple[str, list[int]]:
+    """A token's text and its exact bytes. A token holding part of a UTF-8 character decodes to
+    U+FFFD; its true bytes come from the vocabulary piece (byte-level BPE or <0xNN>)."""
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text, list(text.encode("utf-8"))
+    piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+    if piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
+        return text, [int(piece[3:5], 16)]
+    table = byte_decoder()
+    if piece and all(ch in table for ch in piece):
+        return text, [table[ch] for ch in piece]
+    return text, list(text.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's byte → printable-character table used by byte-level BPE vocabularies."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = printable[:], 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}

@@ -29,6 +29,15 @@ TINY_MISTRAL = "acme/tiny-mistral"
 TINY_LLAMA3 = "acme/tiny-llama3"  # present but never served: the 503 case
 TINY_GENERIC = "acme/tiny-generic"
 TINY_BERT = "acme/tiny-bert"
+# One per added family (ids that name it, as real ones do); started by the tests that use them.
+TINY_QWEN25 = "acme/tiny-qwen2.5"
+TINY_QWEN3 = "acme/tiny-qwen3"  # scripted: greedy writes a thought, then an answer (tests/tiny_specs.py)
+TINY_GEMMA = "acme/tiny-gemma"
+TINY_PHI3 = "acme/tiny-phi-3"
+TINY_PHI4 = "acme/tiny-phi-4-mini"
+TINY_DEEPSEEK = "acme/tiny-deepseek-r1"  # scripted, and its template opens <think> in the prompt
+NEW_FAMILIES = {"qwen25": TINY_QWEN25, "qwen3": TINY_QWEN3, "gemma": TINY_GEMMA, "phi3": TINY_PHI3,
+                "phi4": TINY_PHI4, "deepseek_r1": TINY_DEEPSEEK}
 SERVED = (TINY_CHATML, TINY_MISTRAL, SMOL, MINILM)
 
 
@@ -102,7 +111,7 @@ def _wait(check, timeout: float, what: str, log: Path | None = None) -> None:
 def _models_dir(root: Path) -> Path:
     models = root / "LLM"
     for family, model_id in (("chatml", TINY_CHATML), ("mistral", TINY_MISTRAL), ("llama3", TINY_LLAMA3),
-                             ("generic", TINY_GENERIC), ("bert", TINY_BERT)):
+                             ("generic", TINY_GENERIC), ("bert", TINY_BERT), *NEW_FAMILIES.items()):
         build_tiny_model(family, models / model_id)
     for model_id in (SMOL, MINILM):
         src = ROOT / "LLM" / model_id

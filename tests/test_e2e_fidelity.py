@@ -137,7 +137,7 @@ def test_chat_logprobs_equal_a_direct_forward_pass(client, fp32_model):
 
 
 def _token_bytes(tok, token: int) -> list[int]:
-    from handlers.base import _byte_decoder
+    from handlers.text import byte_decoder as _byte_decoder
 
     table = _byte_decoder()
     return [table[ch] for ch in tok.convert_ids_to_tokens(token)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.registry import detect_family, family_by_name, handler_class
+from handlers.registry import UnknownFamily, detect_family, family_by_name, handler_class
 from tasks.contract.errors import JobError
 from tasks.contract.payloads import LoadOptions, Message, SamplingParams
 from tests.conftest import MINILM, SMOL, TINY_BERT, TINY_CHATML, TINY_GENERIC, TINY_LLAMA3, TINY_MISTRAL
@@ -56,7 +56,8 @@ def test_registry_by_config_when_id_says_nothing(tiny_models, tmp_path):
 
 
 def test_unknown_family_name_lists_known():
-    with pytest.raises(KeyError, match="known: embedding, llama3, mistral, chatml, auto"):
+    with pytest.raises(UnknownFamily, match="known: embedding, deepseek-r1, llama3, mistral, gemma, phi4, phi3, qwen3, "
+                                           "qwen2.5, chatml, auto"):
         family_by_name("nope")
 
 

@@ -15,13 +15,14 @@ import pathlib
 import string
 import sys
 from collections import Counter
-from dataclasses import dataclass
 
 import torch
 import transformers
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-FAMILIES = ("chatml", "llama3", "mistral", "generic", "bert")
+from tests.tiny_specs import CAUSAL_SPECS, CausalSpec
+
+FAMILIES = ("chatml", "llama3", "mistral", "generic", "bert", "qwen25", "qwen3", "gemma", "phi3", "phi4", "deepseek_r1")
 
 # Qwen2's pre-tokenisation regex (GPT-4 style, one digit per token), shared by all causal families.
 PRETOKENIZE_REGEX = (
@@ -69,105 +70,6 @@ Festivals bring together crowds from every country, sharing food, songs and frie
 Travelling by bicycle is healthy, quiet and cheap, although hills can be exhausting.
 """
 
-# Chat templates, written in the real upstream formats (trimmed of features tests don't need).
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-LLAMA3_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
-
-MISTRAL_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{%- set system_message = messages[0]['content'] %}"
-    "{%- set loop_messages = messages[1:] %}"
-    "{%- else %}"
-    "{%- set loop_messages = messages %}"
-    "{%- endif %}"
-    "{{- bos_token }}"
-    "{%- for message in loop_messages %}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
-    "{{- raise_exception('After the optional system message, conversation roles must"
-    " alternate user/assistant/user/assistant/...') }}"
-    "{%- endif %}"
-    "{%- if message['role'] == 'user' %}"
-    "{%- if loop.first and system_message is defined %}"
-    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
-    "{%- else %}"
-    "{{- '[INST] ' + message['content'] + '[/INST]' }}"
-    "{%- endif %}"
-    "{%- elif message['role'] == 'assistant' %}"
-    "{{- message['content'] + eos_token }}"
-    "{%- else %}"
-    "{{- raise_exception('Only user and assistant roles are supported, with the exception of an"
-    " initial optional system message!') }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-)
-
-# Zephyr-style: deliberately matches none of the family handlers, so the server's fallback
-# path (plain apply_chat_template) is what gets exercised.
-GENERIC_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}"
-)
-
-
-@dataclass(frozen=True)
-class CausalSpec:
-    config_cls: type
-    model_cls: type
-    specials: tuple[str, ...]
-    template: str
-    eos: str
-    pad: str
-    bos: str | None = None
-    unk: str | None = None
-    add_bos: bool = False  # tokenizer prepends bos on encode, like the real one
-    extra_eos: tuple[str, ...] = ()  # additional stop tokens, generation_config only
-    nfc: bool = False  # Qwen2 normalises to NFC (and transformers 5 forces it on load anyway)
-
-
-CAUSAL_SPECS: dict[str, CausalSpec] = {
-    "chatml": CausalSpec(
-        transformers.Qwen2Config, transformers.Qwen2ForCausalLM,
-        specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        template=CHATML_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>", nfc=True,
-    ),
-    "llama3": CausalSpec(
-        transformers.LlamaConfig, transformers.LlamaForCausalLM,
-        specials=("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                  "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"),
-        # Llama 3 ships no pad token; end_of_text is the usual stand-in.
-        template=LLAMA3_TEMPLATE, bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|end_of_text|>",
-        add_bos=True, extra_eos=("<|end_of_text|>", "<|eom_id|>"),
-    ),
-    "mistral": CausalSpec(
-        transformers.MistralConfig, transformers.MistralForCausalLM,
-        specials=("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]",
-                  "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]"),
-        template=MISTRAL_TEMPLATE, bos="<s>", eos="</s>", pad="</s>", unk="<unk>", add_bos=True,
-    ),
-    "generic": CausalSpec(
-        transformers.LlamaConfig, transformers.LlamaForCausalLM,
-        specials=("<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"),
-        template=GENERIC_TEMPLATE, bos="<s>", eos="</s>", pad="</s>",
-    ),
-}
-
-
 def _corpus_lines() -> list[str]:
     return [line for line in CORPUS.splitlines() if line.strip()]
 
@@ -189,7 +91,9 @@ def _causal_tokenizer(spec: CausalSpec) -> transformers.PreTrainedTokenizerFast:
         vocab_size=1000, special_tokens=list(spec.specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
-    backend.train_from_iterator(_corpus_lines(), trainer=trainer)
+    # Blank lines are not in the line-split corpus; real vocabularies have "\n\n" as one token.
+    paragraphs = ["one\n\ntwo"] * 50 if spec.paragraphs else []
+    backend.train_from_iterator(_corpus_lines() + paragraphs, trainer=trainer)
     if spec.add_bos:
         # Prepend bos the way the real Llama 3 / Mistral tokenizer.json does, so a server that
         # renders the template (which already starts with bos) and then encodes with
@@ -207,6 +111,8 @@ def _causal_tokenizer(spec: CausalSpec) -> transformers.PreTrainedTokenizerFast:
         model_max_length=512,
         **named,
     )
+    if spec.added:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in spec.added])
     tokenizer.chat_template = spec.template
     return tokenizer
 
@@ -219,10 +125,12 @@ def _build_causal(spec: CausalSpec, out_dir: pathlib.Path) -> None:
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=ids.get("bos"), eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+        bos_token_id=ids.get("bos"), eos_token_id=ids["eos"], pad_token_id=ids["pad"], **spec.config,
     )
     torch.manual_seed(0)
     model = spec.model_cls(config).to(torch.float32)
+    if spec.script:
+        _script(model, tokenizer, spec.script)
     model.config.dtype = "float32"
     eos_list = [ids["eos"], *tokenizer.convert_tokens_to_ids(list(spec.extra_eos))]
     model.generation_config = transformers.GenerationConfig(
@@ -231,6 +139,32 @@ def _build_causal(spec: CausalSpec, out_dir: pathlib.Path) -> None:
     )
     model.save_pretrained(out_dir)
     _save_tokenizer(tokenizer, out_dir)
+
+
+def _script(model: torch.nn.Module, tokenizer: transformers.PreTrainedTokenizerBase,
+            steps: tuple[tuple[str, str], ...]) -> None:
+    """Set the weights so that greedy decoding follows ``steps`` (current token → next token),
+    whatever the context: attention and MLP outputs are zeroed, so the last hidden state is the
+    normalised embedding of the current token; the embeddings of the steps' tokens are made
+    orthonormal directions and each next token's output row points along its predecessor's, so
+    it wins by a wide margin (about 40 against noise of about 0.2). Other tokens stay random."""
+    ids = {t: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t)) for pair in steps for t in pair}
+    for text, got in ids.items():
+        if len(got) != 1:
+            raise ValueError(f"script token {text!r} is not one token here: {got}")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                param.zero_()
+        embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        sources = list(dict.fromkeys(ids[a][0] for a, _ in steps))
+        basis, _ = torch.linalg.qr(torch.randn(embed.shape[1], len(sources)))
+        for i, tok in enumerate(sources):
+            embed[tok] = basis[:, i] * embed[tok].norm()
+        for tok in {ids[b][0] for _, b in steps}:
+            head[tok] = 0.0
+        for a, b in steps:
+            head[ids[b][0]] += 5.0 * basis[:, sources.index(ids[a][0])]
 
 
 def _save_tokenizer(tokenizer: transformers.PreTrainedTokenizerBase, out_dir: pathlib.Path) -> None:

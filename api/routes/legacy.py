@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse
 
 from tasks.contract.errors import JobError
 from tasks.contract.payloads import GenerateResult
-from tasks.queue.events import Failed, Finished, TextDelta
+from tasks.queue.events import Failed, Finished, ReasoningDelta, TextDelta
 
 from ..deps import GatewayDep, SettingsDep
 from ..errors import from_validation_error
@@ -80,6 +80,8 @@ async def _events(sub: Submitted[GenerateResult]) -> AsyncIterator[bytes]:
             match event:
                 case TextDelta(text=text):
                     yield frame(json.dumps({"text": text}), event="token")
+                case ReasoningDelta():
+                    pass  # this API shows the answer only
                 case Finished(result):
                     out = result.outputs[0]
                     yield frame(json.dumps({"job_id": sub.job_id, "text": out.text, "finish_reason": out.finish_reason,

@@ -13,6 +13,10 @@ from .common import SamplingFields
 from .response_format import Constraint, parse_constraint
 from .tools import FunctionSpec, ToolChoice, forces_a_call, parse_tool_choice, parse_tools
 
+# Variables apply_chat_template sets itself: a request may not override them.
+TEMPLATE_RESERVED = frozenset({"messages", "conversation", "tools", "documents", "tokenize", "add_generation_prompt",
+                               "continue_final_message", "return_dict", "chat_template", "tokenizer_kwargs"})
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -79,6 +83,9 @@ class ChatCompletionRequest(SamplingFields):
     tools: Optional[list[Any]] = None
     tool_choice: Optional[Any] = None
     parallel_tool_calls: Optional[bool] = None
+    reasoning_effort: Optional[Literal["none", "minimal", "low", "medium", "high"]] = None
+    # vLLM's extension: variables for the model's chat template (e.g. {"enable_thinking": false}).
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
     unsupported_fields: ClassVar[dict[str, Any]] = {"functions": [], "function_call": "none"}
 
@@ -98,6 +105,9 @@ class ChatCompletionRequest(SamplingFields):
         if forces_a_call(self._tool_choice) and parse_constraint(self.response_format) is not None:
             raise invalid_request("`response_format` cannot be combined with a `tool_choice` that forces a call.",
                                   param="response_format")
+        if reserved := sorted(set(self.chat_template_kwargs or {}) & TEMPLATE_RESERVED):
+            raise invalid_request(f"`chat_template_kwargs` cannot set {', '.join(reserved)}: the server sets them.",
+                                  param="chat_template_kwargs")
         self._messages = [m.flatten(i) for i, m in enumerate(self.messages)]
         self._constraint = parse_constraint(self.response_format)
         return self
@@ -115,4 +125,11 @@ class ChatCompletionRequest(SamplingFields):
                            sampling=self.to_sampling(), stream=self.stream, deadline=deadline, request_id=request_id,
                            tools=[s.payload() for s in self._tools] if self._tools else None,
                            tool_choice=self._tool_choice if isinstance(self._tool_choice, str) else self._tool_choice.payload(),
-                           parallel_tool_calls=self.parallel_tool_calls is not False)
+                           parallel_tool_calls=self.parallel_tool_calls is not False,
+                           chat_template_kwargs=self.template_kwargs())
+
+    def template_kwargs(self) -> Optional[dict[str, Any]]:
+        """``chat_template_kwargs`` with ``reasoning_effort`` (the template reads both; the kwargs win)."""
+        effort = {"reasoning_effort": self.reasoning_effort} if self.reasoning_effort else {}
+        merged = {**effort, **(self.chat_template_kwargs or {})}
+        return merged or None

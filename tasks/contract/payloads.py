@@ -114,6 +114,9 @@ class GenerateJob(JobBase):
     tools: Optional[list[dict[str, Any]]] = None
     tool_choice: Union[str, dict[str, Any]] = "auto"
     parallel_tool_calls: bool = True
+    # Variables for the chat template (vLLM's ``chat_template_kwargs``, e.g. ``{"enable_thinking":
+    # false}``), ``reasoning_effort`` among them when the request set it.
+    chat_template_kwargs: Optional[dict[str, Any]] = None
 
 
 class EmbedJob(JobBase):
@@ -163,6 +166,10 @@ class Output(BaseModel):
     logprobs: Optional[list[TokenLogprob]] = None
     prompt_logprobs: Optional[list[TokenLogprob]] = None
     tool_calls: Optional[list[ToolCall]] = None
+    # The thought of a reasoning model, apart from ``text`` (None: the model wrote none); its tokens,
+    # tags included, count in ``completion_tokens`` too.
+    reasoning: Optional[str] = None
+    reasoning_tokens: int = 0
 
 
 class Usage(NamedTuple):
@@ -170,6 +177,7 @@ class Usage(NamedTuple):
 
     prompt: int
     completion: int = 0
+    reasoning: int = 0  # of the completion tokens, those spent on a thought
 
 
 class GenerateResult(BaseModel):
@@ -179,7 +187,8 @@ class GenerateResult(BaseModel):
     def usage(self) -> Usage:
         # Each prompt counts once, however many choices (n) were drawn from it.
         prompts = {o.index // self.n: o.prompt_tokens for o in self.outputs}
-        return Usage(sum(prompts.values()), sum(o.completion_tokens for o in self.outputs))
+        return Usage(sum(prompts.values()), sum(o.completion_tokens for o in self.outputs),
+                     sum(o.reasoning_tokens for o in self.outputs))
 
 
 class EmbedResult(BaseModel):
@@ -194,13 +203,15 @@ class Event(BaseModel):
     """One message on a job's pub/sub channel.
 
     ``started``: the worker accepted the job (prompt validated); ``delta``: text for choice
-    ``index``; ``done``: the final result; ``error``: a :class:`~tasks.errors.JobError` dict.
+    ``index`` (answer ``text``, or ``reasoning`` of a thought: one of the two per event); ``done``:
+    the final result; ``error``: a :class:`~tasks.errors.JobError` dict.
     """
 
     type: Literal["started", "delta", "done", "error"]
     job: str = ""
     index: int = 0
     text: str = ""
+    reasoning: str = ""
     logprobs: Optional[list[TokenLogprob]] = None
     result: Optional[dict[str, Any]] = None
     error: Optional[dict[str, Any]] = None

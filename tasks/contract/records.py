@@ -162,6 +162,7 @@ class WorkerInfo:
     heartbeat_at: float = 0.0
     error: str = ""
     kind: str = ""  # chat | embedding
+    family: str = ""  # the handler family serving the model (handlers/registry.py)
     running: int = 0
     waiting: int = 0
     peak_batch: int = 0
@@ -174,6 +175,7 @@ class WorkerInfo:
             device=d.get("device", ""), dtype=d.get("dtype", ""), pid=int(d.get("pid") or 0),
             host=d.get("host", ""), started_at=float(d.get("started_at") or 0),
             heartbeat_at=float(d.get("heartbeat_at") or 0), error=d.get("error", ""), kind=d.get("kind", ""),
+            family=d.get("family", ""),
             running=int(d.get("running") or 0), waiting=int(d.get("waiting") or 0),
             peak_batch=int(d.get("peak_batch") or 0),
         )

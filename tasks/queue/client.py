@@ -28,7 +28,17 @@ from tasks.contract.celery_app import send_job
 from tasks.contract.errors import JobError, server_error
 from tasks.contract.payloads import FINAL_STATUSES, TASK_GENERATE, Event, JobBase
 from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
-from tasks.queue.events import Failed, Finished, JobEvent, JobObserver, NoObserver, R, TextDelta, parse_result
+from tasks.queue.events import (
+    Failed,
+    Finished,
+    JobEvent,
+    JobObserver,
+    NoObserver,
+    R,
+    ReasoningDelta,
+    TextDelta,
+    parse_result,
+)
 from tasks.queue.presence import live_workers
 from tasks.queue.store import JobStore
 
@@ -272,7 +282,7 @@ class JobWatch(Generic[R]):
         raise server_error("The job's events ended without a result.")  # unreachable: a watch ends with one
 
     def _observe(self, event: JobEvent[R]) -> None:
-        if isinstance(event, TextDelta):
+        if isinstance(event, (TextDelta, ReasoningDelta)):
             self.observer.delta(event.index)
             return
         self._ended = True
@@ -305,6 +315,8 @@ class JobWatch(Generic[R]):
 
     def _typed(self, wire: Event) -> JobEvent[R]:
         if wire.type == "delta":
+            if wire.reasoning:
+                return ReasoningDelta(wire.index, wire.reasoning, wire.logprobs)
             return TextDelta(wire.index, wire.text, wire.logprobs)
         self.finished = True
         if wire.type == "error":

@@ -2,7 +2,8 @@
 
 The worker publishes :class:`tasks.contract.payloads.Event`, the wire shape; the job's
 :class:`~tasks.queue.client.JobWatch` turns each into one of these, the final result already
-validated into its type. A job's stream is ``TextDelta*`` then one ``Finished`` or ``Failed``.
+validated into its type. A job's stream is ``TextDelta*`` (and, from a reasoning model,
+``ReasoningDelta``s: its thought, apart from the answer) then one ``Finished`` or ``Failed``.
 
 Translators (OpenAI SSE, the legacy stream, a sync answer) match on these and end with
 ``assert_never``: a tool-call or reasoning delta added to ``JobEvent`` later makes mypy name every
@@ -31,6 +32,15 @@ class TextDelta:
     logprobs: Optional[list[TokenLogprob]] = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """New thought of choice ``index`` (a reasoning model's ``reasoning_content``), never answer text."""
+
+    index: int
+    text: str
+    logprobs: Optional[list[TokenLogprob]] = None
+
+
 @dataclass(frozen=True)  # no slots: frozen + slots + Generic breaks ``Finished[X](...)`` on 3.11
 class Finished(Generic[R]):
     """The job succeeded: its result, validated."""
@@ -45,7 +55,7 @@ class Failed:
     error: JobError
 
 
-JobEvent = Union[TextDelta, Finished[R], Failed]
+JobEvent = Union[TextDelta, ReasoningDelta, Finished[R], Failed]
 
 
 class JobObserver(Protocol):

@@ -38,8 +38,9 @@ class SeqWaiter:
     done: threading.Event = field(default_factory=threading.Event)
     seq: Sequence | None = None
     error: JobError | None = None
-    # Streams only: (delta, final) -> the text to publish (tool calls keep their markup out of content).
-    filter: Callable[[str, bool], str] | None = None
+    # Streams only: (delta, final) -> (reasoning, text) to publish (handlers.reasoning.ChatStreamFilter:
+    # a thought apart from the answer, tool calls' markup out of content).
+    filter: Callable[[str, bool], tuple[str, str]] | None = None
     streamed: bool = False  # some text of it went out: its job can no longer be redelivered invisibly
 
 
@@ -84,7 +85,8 @@ class EngineLoop(threading.Thread):
 
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
                reply_to: str | None, deadline: float, grammar: Any = None,
-               filter: Callable[[str, bool], str] | None = None, handler: Any = None, priority: int = 0) -> SeqWaiter:
+               filter: Callable[[str, bool], tuple[str, str]] | None = None, handler: Any = None,
+               priority: int = 0) -> SeqWaiter:
         waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter)
         self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar, handler, priority))
         return waiter
@@ -177,11 +179,10 @@ class EngineLoop(threading.Thread):
             with self.client.pipeline(transaction=True) as pipe:
                 for out in outputs:
                     waiter = self._waiters[out.seq.id]
-                    delta = waiter.filter(out.delta, out.finished) if waiter.filter else out.delta
-                    if waiter.reply_to and (delta or out.logprobs):
-                        event = Event(type="delta", job=waiter.job_id, index=waiter.index, text=delta,
-                                      logprobs=out.logprobs or None)
-                        pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
+                    thought, delta = waiter.filter(out.delta, out.finished) if waiter.filter else ("", out.delta)
+                    if waiter.reply_to and (delta or thought or out.logprobs):
+                        for event in _delta_events(waiter, thought, delta, out.logprobs):
+                            pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
                         if not waiter.streamed:  # from now on a dead worker fails it (tasks/worker/reaper.py)
                             waiter.streamed = True
                             pipe.hset(job_key(waiter.job_id), "streamed", 1)
@@ -209,3 +210,15 @@ class EngineLoop(threading.Thread):
         for (seq_id, waiter), status in zip(items, statuses):
             if status != b"running" or wall > waiter.deadline:
                 self.engine.abort(seq_id)
+
+
+def _delta_events(waiter: SeqWaiter, thought: str, text: str, logprobs: list | None) -> list[Event]:
+    """One step's thought and answer text, an event each; the tokens' logprobs go with the answer
+    part (with the thought when the step has no answer text)."""
+    events = []
+    if thought:
+        events.append(Event(type="delta", job=waiter.job_id, index=waiter.index, reasoning=thought,
+                            logprobs=None if text else logprobs or None))
+    if text or not thought:
+        events.append(Event(type="delta", job=waiter.job_id, index=waiter.index, text=text, logprobs=logprobs or None))
+    return events

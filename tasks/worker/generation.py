@@ -2,7 +2,9 @@
 grammar of structured output or of a forced tool call), run (every sequence joins the engine's
 batch; wait for them), collect (the result, tool calls parsed by the request's tool plan).
 
-Tool calls have one home on the worker: the request's :class:`handlers.tools.ToolPlan` renders the
+A reasoning model's thought is split off the answer by the request's
+:class:`handlers.reasoning.ReasoningPlan` (streams: its splitter, before the tool-call filter), and
+a grammar then applies from the thought's end on. Tool calls have one home on the worker: the request's :class:`handlers.tools.ToolPlan` renders the
 tools, prefills and constrains a forced call, filters call markup out of a stream and parses the
 calls at the end. The front only translates the parsed calls into its wire format.
 """
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers.base import ChatHandler
+from handlers.reasoning import ChatStreamFilter, ReasoningPlan
 from handlers.tools import ToolPlan
 from tasks.contract.errors import JobError, server_error
 from tasks.contract.payloads import GenerateJob, GenerateResult, Output, SamplingParams
@@ -29,6 +32,14 @@ class Prepared:
     sampling: SamplingParams  # the job's, with a forced call's grammar when there is one
     grammar: Any
     tools: ToolPlan | None
+    reasoning: ReasoningPlan | None = None  # a reasoning model's: where its thought is
+
+    def stream_filter(self) -> ChatStreamFilter | None:
+        """What a stream shows of each choice: the thought apart, call markup kept out."""
+        if self.tools is None and self.reasoning is None:
+            return None
+        return ChatStreamFilter(self.reasoning.splitter() if self.reasoning else None,
+                                self.tools.filter() if self.tools else None)
 
 
 def prepare(handler: ChatHandler, job: GenerateJob) -> Prepared:
@@ -37,7 +48,8 @@ def prepare(handler: ChatHandler, job: GenerateJob) -> Prepared:
     texts: list[str | None]
     if job.messages is not None:
         texts = [None]
-        prompts = [handler.encode_chat(job.messages, tools.tools if tools else None, tools.prefill if tools else "")]
+        prompts = [handler.encode_chat(job.messages, tools.tools if tools else None, tools.prefill if tools else "",
+                                       job.chat_template_kwargs)]
     else:
         texts = list(job.prompts or [])
         prompts = [handler.encode_prompt(p) for p in job.prompts or []]
@@ -45,14 +57,15 @@ def prepare(handler: ChatHandler, job: GenerateJob) -> Prepared:
     if tools is not None and tools.constraint is not None:  # a forced call: its grammar
         sampling = sampling.model_copy(update={"constraint": tools.constraint})
     budgets = [handler.resolve_max_tokens(ids, sampling.max_tokens) for ids in prompts]
+    reasoning = handler.reasoning_plan(prompts[0]) if job.messages is not None else None
     # Compiled here, in a pool thread: a slow schema never stalls the batch on the engine thread.
     try:
-        grammar = handler.compile_constraint(sampling.constraint)
+        grammar = handler.compile_constraint(sampling.constraint, reasoning)  # after the thought, if any
     except JobError as e:
         if tools is not None and tools.constraint is not None:
             e.param = "tools"
         raise
-    return Prepared(handler, prompts, texts, budgets, sampling, grammar, tools)
+    return Prepared(handler, prompts, texts, budgets, sampling, grammar, tools, reasoning)
 
 
 def choice_params(sampling: SamplingParams, choice: int) -> SamplingParams:
@@ -71,7 +84,7 @@ def run(loop: EngineLoop, job: GenerateJob, plan: Prepared) -> list[SeqWaiter]:
         for choice in range(job.n):
             waiters.append(loop.submit(job.job_id, p * job.n + choice, ids, choice_params(plan.sampling, choice),
                                        budget, reply_to, job.deadline, plan.grammar, handler=plan.handler,
-                                       filter=plan.tools.filter() if plan.tools and reply_to else None,
+                                       filter=plan.stream_filter() if reply_to else None,
                                        priority=priority))
     for w in waiters:
         while not w.done.wait(timeout=1.0):
@@ -91,12 +104,14 @@ def collect(job: GenerateJob, plan: Prepared, waiters: list[SeqWaiter]) -> Gener
         seq, prompt_text = w.seq, plan.texts[w.index // job.n]
         assert seq is not None
         echo = job.echo and prompt_text is not None
-        text, calls = plan.tools.finish(seq.text) if plan.tools else (seq.text, [])
+        reasoning, answer = plan.reasoning.split(seq.text) if plan.reasoning else (None, seq.text)
+        text, calls = plan.tools.finish(answer) if plan.tools else (answer, [])
         finish = "tool_calls" if calls else seq.finish_reason or "length"
         outputs.append(Output(
             index=w.index, text=(prompt_text or "") + text if echo else text,
             finish_reason=finish,
             tool_calls=calls or None, prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.token_ids),
-            logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None,
-            ))
+            logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None, reasoning=reasoning,
+            reasoning_tokens=plan.reasoning.count_tokens(seq.token_ids, plan.handler.decode)
+            if plan.reasoning and reasoning is not None else 0))
     return GenerateResult(outputs=outputs, n=job.n)

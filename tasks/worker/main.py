@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     name = f"{args.model.replace('/', '--')}-{os.getpid()}@{socket.gethostname()}"
     app = create_celery(settings)
-    runtime = WorkerRuntime(settings, args.model, folder, name)
-    celery_tasks.bind(runtime)
-    app.steps["consumer"].add(celery_tasks.ConsumerHandle)
     try:
+        runtime = WorkerRuntime(settings, args.model, folder, name)
+        celery_tasks.bind(runtime)
+        app.steps["consumer"].add(celery_tasks.ConsumerHandle)
         runtime.start()
     except JobError as e:
         log.error("model %s failed to load: %s", args.model, e.message)

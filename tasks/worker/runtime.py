@@ -48,7 +48,11 @@ class WorkerRuntime:
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         self.jobs = WorkerJobs(self.redis, settings.job_ttl)
         self.announcer = Announcer(self.redis, name, model_id, settings.heartbeat_interval, settings.heartbeat_ttl)
-        self.family = detect_family(model_id, folder)
+        try:
+            self.family = detect_family(model_id, folder)
+        except JobError as e:  # llmhost.json names no known family: announced, then the worker exits
+            self.announcer.update(state="failed", error=e.message)
+            raise
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype, quantization=settings.quantization,
                                    torch_threads=settings.torch_threads)
         self.handler: Handler | None = None

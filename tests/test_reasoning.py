@@ -136,6 +136,24 @@ def test_reasoning_matcher_may_open_and_forces_a_call_opener(tiny_models):
     assert direct.phase == "lead" and allowed(direct, vocab) == {opener[1]}
 
 
+def test_reasoning_matcher_masks_a_batch_as_row_by_row(tiny_models):
+    import torch
+
+    from handlers.constraints import mask_batch
+
+    h = load(tiny_models, TINY_DEEPSEEK)
+    vocab, tok = int(h.model.config.vocab_size), h.tokenizer
+    grammar = h.compile_constraint({"type": "json_schema", "schema": OK}, INSIDE)
+    thinking, answering = grammar.matcher(), grammar.matcher()
+    answering.accept(tok.convert_tokens_to_ids("</think>"))
+    logits = torch.randn(3, vocab)
+    rows = logits.clone()
+    for i, m in ((0, thinking), (2, answering)):
+        m.mask_logits(rows[i])
+    mask_batch(logits, [thinking, None, answering])
+    assert torch.equal(torch.isfinite(logits), torch.isfinite(rows))
+
+
 # --- the engine on the scripted models ------------------------------------------------------------------
 
 def generate(h, messages, max_tokens=40, constraint=None, template_kwargs=None, tools=None):

@@ -121,12 +121,12 @@ def _build_causal(spec: CausalSpec, out_dir: pathlib.Path) -> None:
     tokenizer = _causal_tokenizer(spec)
     ids = {name: tokenizer.convert_tokens_to_ids(tok)
            for name, tok in (("bos", spec.bos), ("eos", spec.eos), ("pad", spec.pad)) if tok}
-    config = spec.config_cls(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=ids.get("bos"), eos_token_id=ids["eos"], pad_token_id=ids["pad"], **spec.config,
-    )
+    config = spec.config_cls(**{
+        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 512, "tie_word_embeddings": False,
+        "bos_token_id": ids.get("bos"), "eos_token_id": ids["eos"], "pad_token_id": ids["pad"], **spec.config,
+    })
     torch.manual_seed(0)
     model = spec.model_cls(config).to(torch.float32)
     if spec.script:

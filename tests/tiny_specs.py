@@ -97,7 +97,9 @@ CAUSAL_SPECS: dict[str, CausalSpec] = {
         transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM,
         specials=("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
         template=GEMMA_TEMPLATE, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", add_bos=True,
-        extra_eos=("<end_of_turn>",), paragraphs=True, config={"head_dim": 16, "query_pre_attn_scalar": 16},
+        extra_eos=("<end_of_turn>",), paragraphs=True,
+        # Room for Google's tool prompt, long in a 1000-token vocabulary.
+        config={"head_dim": 16, "query_pre_attn_scalar": 16, "max_position_embeddings": 1024},
     ),
     "phi3": CausalSpec(
         transformers.Phi3Config, transformers.Phi3ForCausalLM,

@@ -14,8 +14,9 @@ from .response_format import Constraint, parse_constraint
 from .tools import FunctionSpec, ToolChoice, forces_a_call, parse_tool_choice, parse_tools
 
 # Variables apply_chat_template sets itself: a request may not override them.
-TEMPLATE_RESERVED = frozenset({"messages", "conversation", "tools", "documents", "tokenize", "add_generation_prompt",
-                               "continue_final_message", "return_dict", "chat_template", "tokenizer_kwargs"})
+TEMPLATE_RESERVED = frozenset({"messages", "conversation", "tools", "documents", "chat_template", "add_generation_prompt",
+                               "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+                               "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
 
 
 class ContentPart(BaseModel):

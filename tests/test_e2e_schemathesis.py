@@ -2,7 +2,7 @@
 
 Every operation of the schema gets up to ``MAX_EXAMPLES`` requests that follow the schema and as
 many that break it. Whatever comes in, the API must not answer 5xx, every error must be the OpenAI
-envelope, and every response must carry ``X-Request-ID``. Some generated bodies are pointed at the
+envelope (Anthropic's on ``/v1/messages*``), and every response must carry ``X-Request-ID``. Some generated bodies are pointed at the
 tiny served models (with a few tokens at most), so the fuzzing also reaches the workers without
 loading the machine.
 """
@@ -68,7 +68,19 @@ def _steer(body: object, model: str | None, legacy: bool, clean: bool = False) -
         body["max_tokens"] = MAX_FUZZ_TOKENS
 
 
-def _problems(status: int, headers, text: str) -> list[str]:
+def _is_envelope(path: str, body: object) -> bool:
+    """The OpenAI envelope, or Anthropic's on the Anthropic routes (``/v1/messages*``)."""
+    if not isinstance(body, dict):
+        return False
+    err = body.get("error")
+    if not isinstance(err, dict) or not isinstance(err.get("message"), str) or not isinstance(err.get("type"), str):
+        return False
+    if path.startswith("/v1/messages"):
+        return set(body) == {"type", "error"} and body["type"] == "error" and set(err) == {"type", "message"}
+    return set(body) == {"error"} and set(err) == {"message", "type", "param", "code"}
+
+
+def _problems(path: str, status: int, headers, text: str) -> list[str]:
     out = []
     if status >= 500:
         out.append(f"server error {status}")
@@ -79,11 +91,8 @@ def _problems(status: int, headers, text: str) -> list[str]:
             body = json.loads(text)
         except ValueError:
             return out + ["error body is not JSON"]
-        err = body.get("error") if isinstance(body, dict) else None
-        if not (isinstance(body, dict) and set(body) == {"error"} and isinstance(err, dict)
-                and set(err) == {"message", "type", "param", "code"} and isinstance(err["message"], str)
-                and isinstance(err["type"], str)):
-            out.append("error body is not the OpenAI envelope")
+        if not _is_envelope(path, body):
+            out.append("error body is not the route's error envelope")
     return out
 
 
@@ -116,7 +125,7 @@ def test_schemathesis_finds_no_server_errors_and_only_envelopes(stack):
                 counts[label] += 1
                 statuses[response.status_code] += 1
                 by_label[(label, response.status_code)] += 1
-                for problem in _problems(response.status_code, response.headers, response.text):
+                for problem in _problems(op.path, response.status_code, response.headers, response.text):
                     failures.append(f"{label}: {problem}: {case.as_curl_command()} -> {response.text[:300]}")
 
             try:

@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from api.anthropic.errors import envelope, error_type
+from api.anthropic.streaming import PING, keepalive
 from api.schemas.anthropic import CountTokensRequest, MessagesRequest
 from api.security import presented_keys
 from tasks.contract.errors import JobError
@@ -113,6 +114,10 @@ def test_statuses_map_to_anthropic_error_types():
                                                                                     "message": "no"}}
 
 
+def test_the_periodic_ping_is_the_ping_event():
+    assert keepalive().encode() == PING == b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
 def test_keys_are_read_from_bearer_and_x_api_key():
     assert presented_keys([(b"x-api-key", b" k1 ")]) == ["k1"]
     assert presented_keys([(b"authorization", b"Bearer k2"), (b"x-api-key", b"k1")]) == ["k2", "k1"]
@@ -146,13 +151,15 @@ def wire(kw: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {**{k: v for k, v in kw.items() if k != "extra_body"}, **kw.get("extra_body", {}), **more}
 
 
-def test_create_answers_with_a_message_object(claude, client):
+def test_create_answers_with_a_message_object(claude, client, http):
     m = claude.messages.create(model=SMOL, max_tokens=100, extra_body=GREEDY, messages=ASK)
     assert MESSAGE_ID.fullmatch(m.id) and m.type == "message" and m.role == "assistant" and m.model == SMOL
     [block] = m.content
     assert block.type == "text" and "Paris" in block.text
     assert m.stop_reason == "end_turn" and m.stop_sequence is None
     assert m.usage.input_tokens > 0 and 0 < m.usage.output_tokens <= 100
+    view = http.get(f"/v1/jobs/{m.id}").json()  # its id is its job's
+    assert view["endpoint"] == "/v1/messages" and view["result"]["content"] == [{"type": "text", "text": block.text}]
     # The same job as the OpenAI route's: the same prompt, the same greedy answer.
     oa = client.chat.completions.create(model=SMOL, max_tokens=100, temperature=0, messages=ASK)
     assert block.text == oa.choices[0].message.content and m.usage.input_tokens == oa.usage.prompt_tokens

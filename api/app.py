@@ -20,7 +20,7 @@ from .errors import register_error_handlers
 from .gateway import Gateway
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, BodyLimitMiddleware, RequestContextMiddleware
-from .routes import jobs, legacy, openai, system, tokenize, workers
+from .routes import anthropic, jobs, legacy, openai, system, tokenize, workers
 from .routes import metrics as metrics_route
 from .security import ApiKeyMiddleware, load_api_keys
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose()
 
     app = FastAPI(title="LLM-Host", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible server for local Hugging Face models.")
+                  description="OpenAI-compatible server for local Hugging Face models (and the Anthropic Messages API).")
     app.state.settings = settings
     app.state.metrics = metrics
     register_error_handlers(app)
@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_route, web):
+    for module in (openai, anthropic, tokenize, jobs, workers, legacy, system, metrics_route, web):
         app.include_router(module.router)
     return app
 

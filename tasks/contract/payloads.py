@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field, model_validator
 from tasks.contract.records import JobClass
 
 # What a job record's ``endpoint`` says made the job (the front's metrics label it the same way).
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "initialize", "tokenize"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+                   "/v1/messages/count_tokens", "initialize", "tokenize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -163,6 +164,7 @@ class Output(BaseModel):
     logprobs: Optional[list[TokenLogprob]] = None
     prompt_logprobs: Optional[list[TokenLogprob]] = None
     tool_calls: Optional[list[ToolCall]] = None
+    stop_sequence: Optional[str] = None  # the request's stop string that ended the text, if one did
 
 
 class Usage(NamedTuple):

@@ -304,3 +304,12 @@ def test_a_watched_background_stream_whose_worker_dies_fails_once_for_every_read
     assert client.responses.retrieve(response_id).status == "failed" and record(stack, response_id)["attempts"] == "1"
     again = list(client.responses.retrieve(response_id, stream=True))
     assert [e.model_dump() for e in again] == [e.model_dump() for e in seen]
+
+
+def test_stored_responses_are_bounded_oldest_first(client, stack):
+    small = other_client(stack.start_api("api-small-store", LLMHOST_MAX_STORED_RESPONSES="3"))
+    made = [small.responses.create(model=TINY, input="hi", max_output_tokens=2).id for _ in range(4)]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made[0])  # the oldest went when the fourth came
+    assert [client.responses.retrieve(rid).id for rid in made[1:]] == made[1:]
+    stack.procs["api-small-store"].terminate()

@@ -26,7 +26,7 @@ MAX_EXAMPLES = int(os.environ.get("LLMHOST_FUZZ_EXAMPLES", "25"))  # more for a 
 # Reloads a worker's model with random options: a test of its own (test_e2e_legacy), not fuzzed.
 # Operations that reload or move workers: they would disturb the other tests sharing the stack.
 EXCLUDED = {("POST", "/old/initialize"), ("POST", "/v1/workers/{name}/model")}
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_new_tokens")
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_new_tokens", "max_output_tokens")
 MAX_FUZZ_TOKENS = 4
 LEGACY_DEFAULT_MODEL_ROUTES = ("/old/generate", "/old/stream")  # no model → the (slow) first default model
 

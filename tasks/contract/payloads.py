@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 from tasks.contract.records import JobClass
 
 # What a job record's ``endpoint`` says made the job (the front's metrics label it the same way).
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
                    "/v1/messages/count_tokens", "initialize", "tokenize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
@@ -99,6 +99,10 @@ class JobBase(BaseModel):
     request_id: Optional[str] = None
     # Its priority class: which of the model's queues carries it, and its place in the batch.
     klass: JobClass = "interactive"
+    # Seconds its worker keeps the job's events in a Redis Stream (records.events_key) that any API
+    # process can read from the first, as often as it likes (resumable background responses);
+    # 0: not kept, only published to `reply_to`.
+    events_ttl: int = Field(0, ge=0)
 
 
 class GenerateJob(JobBase):

@@ -62,17 +62,19 @@ def choice_params(sampling: SamplingParams, choice: int) -> SamplingParams:
     return sampling.model_copy(update={"seed": sampling.seed + choice})
 
 
-def run(loop: EngineLoop, job: GenerateJob, plan: Prepared) -> list[SeqWaiter]:
-    """Every sequence of the job joins the batch at once; waits until all have ended."""
+def run(loop: EngineLoop, job: GenerateJob, plan: Prepared, attempt: int = 0) -> list[SeqWaiter]:
+    """Every sequence of the job joins the batch at once; waits until all have ended. ``attempt``
+    tags the events a job keeps (``events_ttl``)."""
     reply_to = job.reply_to if job.stream else None
+    keep = (job.events_ttl, attempt) if job.events_ttl else (0, 0)
     priority = CLASSES.index(job.klass)
     waiters = []
     for p, (ids, budget) in enumerate(zip(plan.prompts, plan.budgets)):
         for choice in range(job.n):
             waiters.append(loop.submit(job.job_id, p * job.n + choice, ids, choice_params(plan.sampling, choice),
                                        budget, reply_to, job.deadline, plan.grammar, handler=plan.handler,
-                                       filter=plan.tools.filter() if plan.tools and reply_to else None,
-                                       priority=priority))
+                                       filter=plan.tools.filter() if plan.tools and (reply_to or keep[0]) else None,
+                                       priority=priority, keep=keep))
     for w in waiters:
         while not w.done.wait(timeout=1.0):
             if not loop.is_alive():

@@ -14,13 +14,15 @@ from tasks.contract.celery_app import create_celery
 from tasks.contract.logging_setup import setup_logging
 from tasks.contract.settings import Settings, get_settings
 from tasks.queue.client import JobClient
+from tasks.queue.response_store import ResponseStore
 
 from . import web
 from .errors import register_error_handlers
 from .gateway import Gateway
 from .metrics import Metrics
 from .middleware import REQUEST_ID_HEADER, BodyLimitMiddleware, RequestContextMiddleware
-from .routes import jobs, legacy, openai, system, tokenize, workers
+from .responses_api.service import Responses
+from .routes import anthropic, jobs, legacy, openai, responses, system, tokenize, workers
 from .routes import metrics as metrics_route
 from .security import ApiKeyMiddleware, load_api_keys
 
@@ -42,6 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await jobs.hub.start()
         app.state.jobs = jobs
         app.state.gateway = Gateway(settings, client, jobs, metrics)
+        app.state.responses = Responses(app.state.gateway, ResponseStore(client, settings.response_ttl,
+                                                                         settings.max_stored_responses))
         log.info("LLM-Host API: models in %s, queue at %s, %s, CORS %s", settings.models_dir, _redacted(settings.redis_url),
                  f"{len(api_keys)} API key(s)" if api_keys else "no API keys (open)",
                  ", ".join(settings.cors_origins) if settings.cors_origins else "off")
@@ -52,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await client.aclose()
 
     app = FastAPI(title="LLM-Host", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-compatible server for local Hugging Face models.")
+                  description="OpenAI-compatible server for local Hugging Face models (and the Anthropic Messages API).")
     app.state.settings = settings
     app.state.metrics = metrics
     register_error_handlers(app)
@@ -67,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"], expose_headers=[REQUEST_ID_HEADER, "Retry-After"])
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    for module in (openai, tokenize, jobs, workers, legacy, system, metrics_route, web):
+    for module in (openai, responses, anthropic, tokenize, jobs, workers, legacy, system, metrics_route, web):
         app.include_router(module.router)
     return app
 

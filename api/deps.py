@@ -1,4 +1,5 @@
-"""Typed dependencies: the routes get what the app factory built (gateway, queue client, metrics, settings)."""
+"""Typed dependencies: the routes get what the app factory built (gateway, responses, queue client, metrics,
+settings)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tasks.queue.client import JobClient
 
 from .gateway import Gateway
 from .metrics import Metrics
+from .responses_api.service import Responses
 
 
 def get_gateway(request: Request) -> Gateway:
@@ -19,6 +21,10 @@ def get_gateway(request: Request) -> Gateway:
 
 def get_jobs(request: Request) -> JobClient:
     return request.app.state.jobs
+
+
+def get_responses(request: Request) -> Responses:
+    return request.app.state.responses
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -32,4 +38,5 @@ def get_settings_dep(request: Request) -> Settings:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 JobsDep = Annotated[JobClient, Depends(get_jobs)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ResponsesDep = Annotated[Responses, Depends(get_responses)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

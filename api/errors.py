@@ -1,4 +1,5 @@
-"""Every error the front returns, in the OpenAI envelope, registered in one place."""
+"""Every error the front returns, registered in one place: in the OpenAI envelope, or in Anthropic's
+on the Anthropic routes (``/v1/messages*``), chosen by the request's path."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.contract.errors import JobError
 
+from .anthropic import errors as anthropic
+
 log = logging.getLogger("llmhost.api")
 
 _STATUS_TYPES = {
@@ -22,8 +25,9 @@ _STATUS_TYPES = {
 }
 
 
-def error_response(err: JobError) -> JSONResponse:
-    return JSONResponse(err.envelope(), status_code=err.status_code, headers=err.headers or None)
+def error_response(err: JobError, path: str = "") -> JSONResponse:
+    body = anthropic.envelope(err) if anthropic.is_anthropic_path(path) else err.envelope()
+    return JSONResponse(body, status_code=err.status_code, headers=err.headers or None)
 
 
 def _param(parts: tuple) -> str:
@@ -53,11 +57,11 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> JobError:
 
 def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobError)
-    async def _job_error(_: Request, exc: JobError) -> JSONResponse:
-        return error_response(exc)
+    async def _job_error(request: Request, exc: JobError) -> JSONResponse:
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param: str | None = _loc_to_param(tuple(first.get("loc", ())))
@@ -68,21 +72,21 @@ def register_error_handlers(app: FastAPI) -> None:
             msg = f"{param}: {msg}"
         if len(errors) > 1:
             msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return error_response(JobError(msg, status_code=400, param=param or None, code="invalid_value"))
+        return error_response(JobError(msg, status_code=400, param=param or None, code="invalid_value"), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return error_response(JobError(message, status_code=exc.status_code, type=kind, code=getattr(exc, "code", None),
-                                       headers=dict(exc.headers or {}) or None))
+                                       headers=dict(exc.headers or {}) or None), request.url.path)
 
     @app.exception_handler(redis.RedisError)
-    async def _redis(_: Request, exc: redis.RedisError) -> JSONResponse:
+    async def _redis(request: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return error_response(JobError("The job queue (Redis) is unavailable; try again shortly.", status_code=503,
                                        type="service_unavailable", code="queue_unavailable",
-                                       headers={"Retry-After": "2"}))
+                                       headers={"Retry-After": "2"}), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -90,4 +94,4 @@ def register_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error")
         rid = getattr(request.state, "request_id", None)
         return error_response(JobError(f"Internal server error: {type(exc).__name__}", status_code=500, type="server_error",
-                                       headers={"X-Request-ID": rid} if rid else None))
+                                       headers={"X-Request-ID": rid} if rid else None), request.url.path)

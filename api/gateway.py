@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, Optional
 
 import redis.asyncio as aioredis
 
@@ -32,6 +32,7 @@ from tasks.contract.payloads import (
     JobBase,
     JobStatus,
     LoadOptions,
+    TokenizeJob,
 )
 from tasks.contract.records import WorkerInfo
 from tasks.contract.settings import Settings
@@ -39,9 +40,11 @@ from tasks.queue.client import JobClient, JobWatch, new_job_id
 from tasks.queue.events import R
 
 from . import responses
+from .anthropic import messages as anthropic
 from .metrics import Metrics
 from .middleware import request_started
 from .overload import check_queue
+from .schemas.anthropic import CountTokensRequest, MessagesRequest
 from .schemas.chat import ChatCompletionRequest
 from .schemas.completions import CompletionRequest
 from .schemas.embeddings import EmbeddingRequest
@@ -57,6 +60,28 @@ class Submitted(Generic[R]):
     created: int
     model: str
     watch: JobWatch[R]
+    # A stream opened before its worker accepted the job (Anthropic's, after a grace): the rest of that wait.
+    accepting: Optional[asyncio.Task[None]] = None
+
+
+# How long an Anthropic stream waits for its worker to accept the job before it opens (a refusal until
+# then is an HTTP error); a job queued longer gets its 200, message_start and pings while it waits.
+ACCEPT_GRACE_SECONDS = 2.0
+
+
+async def _accepted_within(watch: JobWatch[Any], seconds: float) -> Optional[asyncio.Task[None]]:
+    """None when the worker accepted the job within ``seconds`` (a refusal is raised); else the
+    wait, still running (a timeout must not cancel it: that would cancel the job)."""
+    waiting = asyncio.ensure_future(watch.started())
+    try:
+        done, _ = await asyncio.wait({waiting}, timeout=seconds)
+    except BaseException:
+        waiting.cancel()
+        raise
+    if waiting in done:
+        waiting.result()
+        return None
+    return waiting
 
 
 class Gateway:
@@ -156,12 +181,36 @@ class Gateway:
         job = req.to_job(new_job_id("cmpl"), self._deadline(), request_id_var.get())
         return await self._open_stream(job, "/v1/completions")
 
-    async def _open_stream(self, job: GenerateJob, endpoint: Endpoint) -> Submitted[GenerateResult]:
+    async def _open_stream(self, job: GenerateJob, endpoint: Endpoint,
+                           grace: Optional[float] = None) -> Submitted[GenerateResult]:
         """Submit a streaming job and wait for ``started``, so that a refused prompt is an ordinary
-        HTTP error rather than a 200 followed by an error event."""
+        HTTP error rather than a 200 followed by an error event; with ``grace``, that long at most."""
         sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, endpoint, "chat")
-        await sub.watch.started()
+        if grace is None:
+            await sub.watch.started()
+        else:
+            sub.accepting = await _accepted_within(sub.watch, grace)
         return sub
+
+    # --- the Anthropic Messages API (translated by api/anthropic/) -----------------------------
+
+    async def messages(self, req: MessagesRequest) -> dict[str, Any]:
+        job = req.to_job(anthropic.new_message_id(), self._deadline(), request_id_var.get())
+        sub: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, "/v1/messages", "chat")
+        return anthropic.message(sub.job_id, sub.model, await sub.watch.result())
+
+    async def stream_messages(self, req: MessagesRequest) -> Submitted[GenerateResult]:
+        job = req.to_job(anthropic.new_message_id(), self._deadline(), request_id_var.get())
+        return await self._open_stream(job, "/v1/messages", grace=ACCEPT_GRACE_SECONDS)
+
+    async def count_message_tokens(self, req: CountTokensRequest) -> dict[str, int]:
+        """``usage.input_tokens`` of the same request, counted by the model's worker (see the schema)."""
+        job = req.to_job(new_job_id("count"), self._deadline(), request_id_var.get())
+        if isinstance(job, TokenizeJob):
+            sub: Submitted[dict[str, Any]] = await self._submit(TASK_TOKENIZE, job, "tokenize", "chat")
+            return {"input_tokens": int((await sub.watch.result())["count"])}
+        gen: Submitted[GenerateResult] = await self._submit(TASK_GENERATE, job, "/v1/messages/count_tokens", "chat")
+        return {"input_tokens": (await gen.watch.result()).usage().prompt}
 
     # --- async jobs ----------------------------------------------------------------------------
 

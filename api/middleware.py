@@ -19,13 +19,13 @@ from typing import Any, Optional
 
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tasks.contract.errors import JobError
 from tasks.contract.logging_setup import bind
 
+from .errors import error_response
 from .metrics import Metrics
 
 access_log = logging.getLogger("llmhost.access")
@@ -134,8 +134,7 @@ class BodyLimitMiddleware:
             return
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            err = self._too_large()
-            await JSONResponse(err.envelope(), status_code=err.status_code)(scope, receive, send)
+            await error_response(self._too_large(), scope.get("path", ""))(scope, receive, send)
             return
         seen = 0
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from tasks.contract.payloads import EmbedResult, GenerateResult, TokenLogprob, ToolCall
 
+from .anthropic import messages as anthropic
+
 
 def usage(prompt: int, completion: int, reasoning: int | None = None) -> dict[str, Any]:
     """OpenAI's ``usage``; ``reasoning``: of the completion tokens, those spent thinking (reasoning
@@ -106,6 +108,8 @@ def for_endpoint(endpoint: str, job_id: str, created: int, model: str, meta: dic
         return chat_completion(job_id, created, model, GenerateResult.model_validate(result))
     if endpoint == "/v1/completions":
         return text_completion(job_id, created, model, GenerateResult.model_validate(result))
+    if endpoint == "/v1/messages":
+        return anthropic.message(job_id, model, GenerateResult.model_validate(result))
     if endpoint == "/v1/embeddings":
         return embeddings(model, EmbedResult.model_validate(result), meta.get("encoding_format", "float"))
     return result

@@ -1,5 +1,6 @@
 """API keys: when any is configured, every route but ``GET /health`` needs ``Authorization: Bearer <key>``
-(the web page's own files excepted: ``/`` and ``/web/<file>``, see :mod:`api.web.assets`).
+or, as Anthropic's clients send it, ``x-api-key: <key>`` (the same keys; the web page's own files
+excepted: ``/`` and ``/web/<file>``, see :mod:`api.web.assets`).
 
 A pure ASGI layer, so it covers everything behind it alike: JSON routes, SSE streams, ``/metrics``,
 the 501 routes and paths that match no route (a 404 only after the key is checked). Keys are
@@ -14,15 +15,15 @@ import hashlib
 import hmac
 from typing import Iterable, Optional
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tasks.contract.errors import JobError
 from tasks.contract.settings import load_api_keys
 
+from .errors import error_response
 from .web.assets import public_paths
 
-__all__ = ["ApiKeyMiddleware", "KeyChecker", "bearer_token", "load_api_keys"]
+__all__ = ["ApiKeyMiddleware", "KeyChecker", "bearer_token", "load_api_keys", "presented_keys"]
 
 # The web page's own files load without a key (it asks for one when its data calls get a 401).
 OPEN_ROUTES = frozenset({("GET", "/health")} | {("GET", path) for path in public_paths()})
@@ -36,6 +37,14 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> Optional[str]:
                 return token.strip()
             return None
     return None
+
+
+def presented_keys(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The keys a request presents: its bearer token and its ``x-api-key``, each when present."""
+    headers = list(headers)
+    keys = [token] if (token := bearer_token(headers)) is not None else []
+    keys += [v.decode("latin-1").strip() for k, v in headers if k == b"x-api-key" and v.strip()][:1]
+    return keys
 
 
 class KeyChecker:
@@ -54,7 +63,7 @@ class KeyChecker:
 
 
 def auth_error(missing: bool) -> JobError:
-    message = ("Missing API key: send it as `Authorization: Bearer <key>`." if missing
+    message = ("Missing API key: send it as `Authorization: Bearer <key>` (or `x-api-key: <key>`)." if missing
                else "Incorrect API key provided.")
     return JobError(message, status_code=401, type="authentication_error", code="invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"})
@@ -69,9 +78,8 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or (scope.get("method"), scope.get("path")) in OPEN_ROUTES:
             await self.app(scope, receive, send)
             return
-        token = bearer_token(scope.get("headers", ()))
-        if token is not None and self.checker.valid(token):
+        keys = presented_keys(scope.get("headers", ()))
+        if any([self.checker.valid(k) for k in keys]):  # a list: every key presented is checked
             await self.app(scope, receive, send)
             return
-        err = auth_error(missing=token is None)
-        await JSONResponse(err.envelope(), status_code=err.status_code, headers=err.headers)(scope, receive, send)
+        await error_response(auth_error(missing=not keys), scope.get("path", ""))(scope, receive, send)

@@ -8,9 +8,9 @@ per-frame line splitting is needed.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Optional
 
-from sse_starlette import EventSourceResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 PING_SECONDS = 15
 
@@ -28,5 +28,7 @@ def json_frame(obj: Any) -> bytes:
 DONE = frame("[DONE]")
 
 
-def sse_response(frames: AsyncIterator[bytes]) -> EventSourceResponse:
-    return EventSourceResponse(frames, sep="\n", ping=PING_SECONDS)
+def sse_response(frames: AsyncIterator[bytes], ping: Optional[Callable[[], ServerSentEvent]] = None) -> EventSourceResponse:
+    """Keep-alive every ``PING_SECONDS`` while nothing else is sent: an SSE comment, or ``ping()``
+    where the wire format has a ping event of its own (Anthropic's)."""
+    return EventSourceResponse(frames, sep="\n", ping=PING_SECONDS, ping_message_factory=ping)

@@ -54,6 +54,7 @@ class StopMatcher:
         self.text = ""
         self.emitted = 0
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text (the Anthropic API reports it)
         self._longest = max((len(s) for s in self.stops), default=0)
 
     def feed(self, delta: str) -> str:
@@ -63,9 +64,11 @@ class StopMatcher:
         self.text += delta
         if self.stops:
             start = max(0, self.emitted - self._longest + 1)
-            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            # The earliest hit; at one place, the shortest (it is complete first, reading on).
+            hits = [(i, len(s), s) for s, i in ((s, self.text.find(s, start)) for s in self.stops) if i >= 0]
             if hits:
-                self.text = self.text[: min(hits)]
+                at, _, self.matched = min(hits)
+                self.text = self.text[:at]
                 self.stopped = True
                 return self._release(len(self.text))
         return self._release(len(self.text) - self._held_back())

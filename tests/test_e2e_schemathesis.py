@@ -2,7 +2,7 @@
 
 Every operation of the schema gets up to ``MAX_EXAMPLES`` requests that follow the schema and as
 many that break it. Whatever comes in, the API must not answer 5xx, every error must be the OpenAI
-envelope, and every response must carry ``X-Request-ID``. Some generated bodies are pointed at the
+envelope (Anthropic's on ``/v1/messages*``), and every response must carry ``X-Request-ID``. Some generated bodies are pointed at the
 tiny served models (with a few tokens at most), so the fuzzing also reaches the workers without
 loading the machine.
 """
@@ -26,7 +26,7 @@ MAX_EXAMPLES = int(os.environ.get("LLMHOST_FUZZ_EXAMPLES", "25"))  # more for a 
 # Reloads a worker's model with random options: a test of its own (test_e2e_legacy), not fuzzed.
 # Operations that reload or move workers: they would disturb the other tests sharing the stack.
 EXCLUDED = {("POST", "/old/initialize"), ("POST", "/v1/workers/{name}/model")}
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_new_tokens")
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_new_tokens", "max_output_tokens")
 MAX_FUZZ_TOKENS = 4
 LEGACY_DEFAULT_MODEL_ROUTES = ("/old/generate", "/old/stream")  # no model → the (slow) first default model
 
@@ -36,10 +36,27 @@ REFUSED = ("n", "logprobs", "top_logprobs", "tools", "tool_choice", "response_fo
            "presence_penalty", "logit_bias", "echo", "best_of", "suffix", "stream_options", "dimensions")
 
 
-def _steer(body: object, model: str | None, legacy: bool, clean: bool = False) -> None:
+def _clean_anthropic(body: dict) -> None:
+    """An Anthropic body that can reach a worker: text content only, a final user turn, a text system."""
+    messages = body.get("messages")
+    for m in messages if isinstance(messages, list) else ():
+        if isinstance(m, dict) and isinstance(m.get("content"), list):
+            m["content"] = [b for b in m["content"] if isinstance(b, dict) and b.get("type") == "text"
+                            and isinstance(b.get("text"), str)] or "hi"
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        messages[-1]["role"] = "user"
+    if not isinstance(body.get("system"), str):
+        body.pop("system", None)
+    if not all(isinstance(s, str) and s for s in body.get("stop_sequences") or ()):
+        body.pop("stop_sequences", None)
+
+
+def _steer(body: object, model: str | None, legacy: bool, clean: bool = False, anthropic: bool = False) -> None:
     """Point a generated body at a served tiny model and keep its token budget small (in place)."""
     if not isinstance(body, dict):
         return
+    if clean and anthropic and model is not None:
+        _clean_anthropic(body)
     if isinstance(body.get("body"), dict):  # POST /v1/jobs wraps an endpoint's body
         _steer(body["body"], model, legacy=False, clean=clean)
     if model is not None and ("model" in body or clean):
@@ -68,7 +85,19 @@ def _steer(body: object, model: str | None, legacy: bool, clean: bool = False) -
         body["max_tokens"] = MAX_FUZZ_TOKENS
 
 
-def _problems(status: int, headers, text: str) -> list[str]:
+def _is_envelope(path: str, body: object) -> bool:
+    """The OpenAI envelope, or Anthropic's on the Anthropic routes (``/v1/messages*``)."""
+    if not isinstance(body, dict):
+        return False
+    err = body.get("error")
+    if not isinstance(err, dict) or not isinstance(err.get("message"), str) or not isinstance(err.get("type"), str):
+        return False
+    if path.startswith("/v1/messages"):
+        return set(body) == {"type", "error"} and body["type"] == "error" and set(err) == {"type", "message"}
+    return set(body) == {"error"} and set(err) == {"message", "type", "param", "code"}
+
+
+def _problems(path: str, status: int, headers, text: str) -> list[str]:
     out = []
     if status >= 500:
         out.append(f"server error {status}")
@@ -79,11 +108,8 @@ def _problems(status: int, headers, text: str) -> list[str]:
             body = json.loads(text)
         except ValueError:
             return out + ["error body is not JSON"]
-        err = body.get("error") if isinstance(body, dict) else None
-        if not (isinstance(body, dict) and set(body) == {"error"} and isinstance(err, dict)
-                and set(err) == {"message", "type", "param", "code"} and isinstance(err["message"], str)
-                and isinstance(err["type"], str)):
-            out.append("error body is not the OpenAI envelope")
+        if not _is_envelope(path, body):
+            out.append("error body is not the route's error envelope")
     return out
 
 
@@ -111,12 +137,12 @@ def test_schemathesis_finds_no_server_errors_and_only_envelopes(stack):
             @given(case=op.as_strategy(generation_mode=mode),
                    model=st.sampled_from([None, None, TINY_CHATML, TINY_MISTRAL, MINILM]), clean=st.booleans())
             def run(case, model, clean) -> None:
-                _steer(case.body, model, legacy, clean)
+                _steer(case.body, model, legacy, clean, anthropic=op.path.startswith("/v1/messages"))
                 response = case.call(base_url=stack.base_url, timeout=60)
                 counts[label] += 1
                 statuses[response.status_code] += 1
                 by_label[(label, response.status_code)] += 1
-                for problem in _problems(response.status_code, response.headers, response.text):
+                for problem in _problems(op.path, response.status_code, response.headers, response.text):
                     failures.append(f"{label}: {problem}: {case.as_curl_command()} -> {response.text[:300]}")
 
             try:

@@ -45,6 +45,18 @@ def test_earliest_of_several_stops_wins():
     stop = StopMatcher(["world", "lo w"])
     stop.feed("hello world")
     assert stop.stopped and stop.text == "hel"
+    assert stop.matched == "lo w"
+
+
+def test_matched_stop_is_the_one_that_ended_the_text():
+    stop = StopMatcher(["abc", "ab", "zz"])
+    stop.feed("x a")
+    assert stop.matched is None and not stop.stopped
+    stop.feed("bcd")  # "ab" and "abc" both start here: "ab" was complete first
+    assert stop.stopped and stop.text == "x " and stop.matched == "ab"
+    _, across = stream([0, 1, 2], stops=["lo c"])  # across tokens
+    assert across.matched == "lo c" and across.text == "Hel"
+    assert StopMatcher([]).matched is None
 
 
 def test_no_stops_passes_text_through():

@@ -129,3 +129,19 @@ class SamplingFields(OpenAIModel):
             ignore_eos=self.ignore_eos,
             **extra,
         )
+
+
+def text_list(value: Union[str, list[str], list[int], list[list[int]]], field: str, plural: str) -> list[str]:
+    """A string or a list of strings (``prompt``, ``input``) as a list; token ids are refused."""
+    if isinstance(value, str):
+        texts = [value]
+    elif not value:
+        raise invalid_request(f"`{field}` must not be empty.", param=field)
+    elif all(isinstance(x, str) for x in value):
+        texts = [x for x in value if isinstance(x, str)]
+    else:
+        raise invalid_request(f"Token-id {plural} are not supported by this server yet; send text.", param=field)
+    # An empty string has no tokens to start from (models without a BOS token would get none).
+    if any(t == "" for t in texts):
+        raise invalid_request(f"`{field}` must not contain empty strings.", param=field)
+    return texts

@@ -9,7 +9,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from tasks.contract.errors import invalid_request
 from tasks.contract.payloads import GenerateJob, SamplingParams
 
-from .common import SamplingFields
+from .common import SamplingFields, text_list
 
 # OpenAI's default for the legacy completions endpoint.
 DEFAULT_COMPLETION_TOKENS = 16
@@ -34,7 +34,7 @@ class CompletionRequest(SamplingFields):
         if self.stream and self.echo and self.logprobs is not None:
             raise invalid_request("`echo` with `logprobs` is not supported when streaming; drop `stream`.",
                                   param="echo")
-        self._prompts = _texts(self.prompt)
+        self._prompts = text_list(self.prompt, "prompt", "prompts")
         return self
 
     def prompts(self) -> list[str]:
@@ -48,18 +48,3 @@ class CompletionRequest(SamplingFields):
     def to_job(self, job_id: str, deadline: float, request_id: Optional[str]) -> GenerateJob:
         return GenerateJob(job_id=job_id, model=self.model, prompts=self.prompts(), n=self.n, echo=self.echo,
                            sampling=self.to_sampling(), stream=self.stream, deadline=deadline, request_id=request_id)
-
-
-def _texts(p: Union[str, list[str], list[int], list[list[int]]]) -> list[str]:
-    if isinstance(p, str):
-        texts = [p]
-    elif not p:
-        raise invalid_request("`prompt` must not be empty.", param="prompt")
-    elif all(isinstance(x, str) for x in p):
-        texts = [x for x in p if isinstance(x, str)]
-    else:
-        raise invalid_request("Token-id prompts are not supported by this server yet; send text.", param="prompt")
-    # An empty string has no tokens to start from (models without a BOS token would get none).
-    if any(t == "" for t in texts):
-        raise invalid_request("`prompt` must not contain empty strings.", param="prompt")
-    return texts

@@ -9,7 +9,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from tasks.contract.errors import invalid_request
 from tasks.contract.payloads import EmbedJob
 
-from .common import OpenAIModel
+from .common import OpenAIModel, text_list
 
 MAX_INPUTS = 2048
 
@@ -25,17 +25,7 @@ class EmbeddingRequest(OpenAIModel):
 
     @model_validator(mode="after")
     def _resolved(self) -> Self:
-        x = self.input
-        if isinstance(x, str):
-            texts = [x]
-        elif not x:
-            raise invalid_request("`input` must not be empty.", param="input")
-        elif all(isinstance(s, str) for s in x):
-            texts = [s for s in x if isinstance(s, str)]
-        else:
-            raise invalid_request("Token-id inputs are not supported by this server yet; send text.", param="input")
-        if any(t == "" for t in texts):
-            raise invalid_request("`input` must not contain empty strings.", param="input")
+        texts = text_list(self.input, "input", "inputs")
         if len(texts) > MAX_INPUTS:
             raise invalid_request(f"`input` may hold at most {MAX_INPUTS} items.", param="input")
         self._inputs = texts

@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field, model_validator
 from tasks.contract.records import JobClass
 
 # What a job record's ``endpoint`` says made the job (the front's metrics label it the same way).
-Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "initialize", "tokenize"]
+Endpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+                   "/v1/messages/count_tokens", "initialize", "tokenize"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -98,6 +99,10 @@ class JobBase(BaseModel):
     request_id: Optional[str] = None
     # Its priority class: which of the model's queues carries it, and its place in the batch.
     klass: JobClass = "interactive"
+    # Seconds its worker keeps the job's events in a Redis Stream (records.events_key) that any API
+    # process can read from the first, as often as it likes (resumable background responses);
+    # 0: not kept, only published to `reply_to`.
+    events_ttl: int = Field(0, ge=0)
 
 
 class GenerateJob(JobBase):
@@ -166,6 +171,7 @@ class Output(BaseModel):
     logprobs: Optional[list[TokenLogprob]] = None
     prompt_logprobs: Optional[list[TokenLogprob]] = None
     tool_calls: Optional[list[ToolCall]] = None
+    stop_sequence: Optional[str] = None  # the request's stop string that ended the text, if one did
     # The thought of a reasoning model, apart from ``text`` (None: the model wrote none); its tokens,
     # tags included, count in ``completion_tokens`` too.
     reasoning: Optional[str] = None

@@ -22,6 +22,11 @@ WORKER_PATTERN = "llmhost:worker:*"
 # jobs it has taken and not yet ended: what must be delivered again if it dies.
 WORKER_NAMES = "llmhost:workers"
 HELD_KEY = "llmhost:held:{}"
+# A job's kept events (JobBase.events_ttl): a Redis Stream its worker writes, one entry per sequence
+# and step: `a` the attempt (the job's `attempts` once claimed), `e` a delta Event's JSON, `end` when
+# the sequence ended. Bounded; it expires with the job.
+EVENTS_KEY = "llmhost:events:{}"
+EVENTS_MAXLEN = 100_000
 
 # Priority classes, in the order a worker takes them: sync and streaming requests, async jobs
 # (/v1/jobs, background responses), the Batch API. Each has its own Celery queue per model.
@@ -98,9 +103,26 @@ end
 return 'requeue'
 """
 
+# May a client see the kept events of attempt ARGV[1] of job KEYS[1]? 1 when that attempt is the
+# job's current one; 0 when it was superseded (a requeued job is `queued` again, or claimed by a
+# later attempt), and nobody ever sees its events. While it runs, a 1 marks the job `streamed`, as
+# a live stream's first delta does: from then on a dead worker fails it (`worker_lost`, REAP_LUA)
+# instead of running it again behind the back of a client who saw part of it.
+ACCEPT_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur or cur == 'queued' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0') ~= tonumber(ARGV[1]) then return 0 end
+if cur == 'running' then redis.call('HSET', KEYS[1], 'streamed', 1) end
+return 1
+"""
+
 
 def job_key(job_id: str) -> str:
     return JOB_KEY.format(job_id)
+
+
+def events_key(job_id: str) -> str:
+    return EVENTS_KEY.format(job_id)
 
 
 def reply_channel(instance_id: str) -> str:

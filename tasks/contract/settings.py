@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     request_timeout: float = Field(300.0, gt=0, description="seconds a sync request or stream may wait")
     job_ttl: int = Field(3600, gt=0, description="seconds a finished job's record is kept")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    # Stored responses (/v1/responses with store, the default): kept this long, at most this many
+    # (the oldest go first). A background response's job record and kept events live as long.
+    response_ttl: int = Field(86400, gt=0, description="seconds a stored response is kept")
+    max_stored_responses: int = Field(10000, ge=1, description="stored responses kept at most; the oldest go first")
 
     # Worker behaviour.
     device: str = "auto"  # auto | cpu | cuda | cuda:N

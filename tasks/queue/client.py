@@ -37,6 +37,7 @@ from tasks.queue.events import (
     R,
     ReasoningDelta,
     TextDelta,
+    delta_of,
     parse_result,
 )
 from tasks.queue.presence import live_workers
@@ -139,8 +140,10 @@ class JobClient:
             self._presence = (time.monotonic(), cached)
         return cached
 
-    async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool) -> "JobWatch | None":
-        """Record the job, open its event queue (when ``watch``), then enqueue it."""
+    async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool,
+                     ttl: int | None = None) -> "JobWatch | None":
+        """Record the job (for ``ttl`` seconds, when not the default), open its event queue (when
+        ``watch``), then enqueue it."""
         job_id, model = job.job_id, job.model
         watcher: JobWatch[Any] | None = None
         if watch:
@@ -150,7 +153,7 @@ class JobClient:
         payload = job.model_dump(mode="json")
         try:
             await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=job.klass,
-                                    payload=json.dumps(payload))
+                                    payload=json.dumps(payload), ttl=ttl)
             await asyncio.to_thread(send_job, self.celery, task, payload, job_id, queue)
         except BaseException:
             # Interrupted (the client left, Redis failed) once the record may exist: the job must
@@ -315,9 +318,7 @@ class JobWatch(Generic[R]):
 
     def _typed(self, wire: Event) -> JobEvent[R]:
         if wire.type == "delta":
-            if wire.reasoning:
-                return ReasoningDelta(wire.index, wire.reasoning, wire.logprobs)
-            return TextDelta(wire.index, wire.text, wire.logprobs)
+            return delta_of(wire)
         self.finished = True
         if wire.type == "error":
             return Failed(JobError.from_dict(wire.error or {}))

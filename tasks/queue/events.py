@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, Optional, Protocol, TypeVar, Union
 
 from tasks.contract.errors import JobError
-from tasks.contract.payloads import TASK_EMBED, TASK_GENERATE, EmbedResult, GenerateResult, TokenLogprob
+from tasks.contract.payloads import TASK_EMBED, TASK_GENERATE, EmbedResult, Event, GenerateResult, TokenLogprob
 
 # What a job ends with, by task: tokenize (and initialize) answer a plain dict.
 Result = Union[GenerateResult, EmbedResult, dict[str, Any]]
@@ -56,6 +56,13 @@ class Failed:
 
 
 JobEvent = Union[TextDelta, ReasoningDelta, Finished[R], Failed]
+
+
+def delta_of(wire: Event) -> Union[TextDelta, ReasoningDelta]:
+    """A wire ``delta`` event as its typed event (each carries answer text or a thought, not both)."""
+    if wire.reasoning:
+        return ReasoningDelta(wire.index, wire.reasoning, wire.logprobs)
+    return TextDelta(wire.index, wire.text, wire.logprobs)
 
 
 class JobObserver(Protocol):

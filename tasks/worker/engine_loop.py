@@ -1,5 +1,6 @@
 """The one thread that drives the model: it owns the engine, steps it while there is work,
-publishes each step's text deltas in one Redis round trip, and aborts sequences whose job was
+publishes each step's text deltas in one Redis round trip (and keeps them in the job's Redis Stream
+when the job asks, in the same round trip), and aborts sequences whose job was
 cancelled or ran past its deadline (checked for the whole batch in one round trip).
 
 Celery's pool threads hand it sequences through :meth:`EngineLoop.submit` and wait on the
@@ -22,7 +23,7 @@ from handlers.base import ChatHandler
 from handlers.engine import Engine, Sequence
 from tasks.contract.errors import JobError, server_error
 from tasks.contract.payloads import Event, SamplingParams
-from tasks.contract.records import job_key
+from tasks.contract.records import EVENTS_MAXLEN, events_key, job_key
 
 log = logging.getLogger("llmhost.engine")
 
@@ -42,6 +43,9 @@ class SeqWaiter:
     # a thought apart from the answer, tool calls' markup out of content).
     filter: Callable[[str, bool], tuple[str, str]] | None = None
     streamed: bool = False  # some text of it went out: its job can no longer be redelivered invisibly
+    # Jobs that keep their events (JobBase.events_ttl): for how long, and which attempt wrote them.
+    keep_ttl: int = 0
+    attempt: int = 0
 
 
 @dataclass
@@ -86,8 +90,9 @@ class EngineLoop(threading.Thread):
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
                reply_to: str | None, deadline: float, grammar: Any = None,
                filter: Callable[[str, bool], tuple[str, str]] | None = None, handler: Any = None,
-               priority: int = 0) -> SeqWaiter:
-        waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter)
+               priority: int = 0, keep: tuple[int, int] = (0, 0)) -> SeqWaiter:
+        """``keep``: (seconds, attempt) to keep the sequence's events in its job's stream; (0, 0): not kept."""
+        waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter, keep_ttl=keep[0], attempt=keep[1])
         self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar, handler, priority))
         return waiter
 
@@ -178,20 +183,43 @@ class EngineLoop(threading.Thread):
             # MULTI: a delta and the `streamed` mark reach Redis together or not at all.
             with self.client.pipeline(transaction=True) as pipe:
                 for out in outputs:
-                    waiter = self._waiters[out.seq.id]
-                    thought, delta = waiter.filter(out.delta, out.finished) if waiter.filter else ("", out.delta)
-                    if waiter.reply_to and (delta or thought or out.logprobs):
-                        for event in _delta_events(waiter, thought, delta, out.logprobs):
-                            pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
-                        if not waiter.streamed:  # from now on a dead worker fails it (tasks/worker/reaper.py)
-                            waiter.streamed = True
-                            pipe.hset(job_key(waiter.job_id), "streamed", 1)
+                    self._send(pipe, self._waiters[out.seq.id], out)
                 pipe.execute()
         except redis.RedisError as e:
             log.warning("could not publish deltas: %s", e)
         for out in outputs:
             if out.finished:
                 self._waiters.pop(out.seq.id).done.set()
+
+    def _send(self, pipe: Any, waiter: SeqWaiter, out: Any) -> None:
+        """Queue one sequence's step on the pipeline: published to its stream's reader, kept in the
+        job's stream when it asks; a thought's text and the answer's text are events of their own."""
+        if not (waiter.reply_to or waiter.keep_ttl):
+            return
+        thought, delta = waiter.filter(out.delta, out.finished) if waiter.filter else ("", out.delta)
+        events = _delta_events(waiter, thought, delta, out.logprobs) if delta or thought or out.logprobs else []
+        for event in events if waiter.reply_to else ():
+            pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
+        if waiter.reply_to and events and not waiter.streamed:
+            waiter.streamed = True  # from now on a dead worker fails it (tasks/worker/reaper.py)
+            pipe.hset(job_key(waiter.job_id), "streamed", 1)
+        if waiter.keep_ttl and (events or out.finished):
+            for i, kept in enumerate(events or [None]):
+                self._keep(pipe, waiter, kept, out.finished and i == max(len(events), 1) - 1)
+
+    @staticmethod
+    def _keep(pipe: Any, waiter: SeqWaiter, event: Event | None, finished: bool) -> None:
+        """One entry in the job's stream: the delta (tagged with its attempt, so that the front can
+        tell a redelivered run's events from a dead one's) and whether the sequence ended. Not
+        marked `streamed`: kept events are not yet seen; the front marks what it shows (ACCEPT_LUA)."""
+        fields: dict[str, Any] = {"a": waiter.attempt}
+        if event is not None:
+            fields["e"] = event.model_dump_json(exclude_defaults=True, exclude={"job"})
+        if finished:
+            fields["end"] = 1
+        key = events_key(waiter.job_id)
+        pipe.xadd(key, fields, maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.expire(key, waiter.keep_ttl)  # every time: a stream deleted meanwhile must not come back forever
 
     def _check_cancelled(self) -> None:
         now = time.monotonic()

@@ -75,17 +75,19 @@ def choice_params(sampling: SamplingParams, choice: int) -> SamplingParams:
     return sampling.model_copy(update={"seed": sampling.seed + choice})
 
 
-def run(loop: EngineLoop, job: GenerateJob, plan: Prepared) -> list[SeqWaiter]:
-    """Every sequence of the job joins the batch at once; waits until all have ended."""
+def run(loop: EngineLoop, job: GenerateJob, plan: Prepared, attempt: int = 0) -> list[SeqWaiter]:
+    """Every sequence of the job joins the batch at once; waits until all have ended. ``attempt``
+    tags the events a job keeps (``events_ttl``)."""
     reply_to = job.reply_to if job.stream else None
+    keep = (job.events_ttl, attempt) if job.events_ttl else (0, 0)
     priority = CLASSES.index(job.klass)
     waiters = []
     for p, (ids, budget) in enumerate(zip(plan.prompts, plan.budgets)):
         for choice in range(job.n):
             waiters.append(loop.submit(job.job_id, p * job.n + choice, ids, choice_params(plan.sampling, choice),
                                        budget, reply_to, job.deadline, plan.grammar, handler=plan.handler,
-                                       filter=plan.stream_filter() if reply_to else None,
-                                       priority=priority))
+                                       filter=plan.stream_filter() if reply_to or keep[0] else None,
+                                       priority=priority, keep=keep))
     for w in waiters:
         while not w.done.wait(timeout=1.0):
             if not loop.is_alive():
@@ -111,7 +113,8 @@ def collect(job: GenerateJob, plan: Prepared, waiters: list[SeqWaiter]) -> Gener
             index=w.index, text=(prompt_text or "") + text if echo else text,
             finish_reason=finish,
             tool_calls=calls or None, prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.token_ids),
-            logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None, reasoning=reasoning,
+            logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None,
+            stop_sequence=seq.stops.matched if seq.stops else None, reasoning=reasoning,
             reasoning_tokens=plan.reasoning.count_tokens(seq.token_ids, plan.handler.decode)
             if plan.reasoning and reasoning is not None else 0))
     return GenerateResult(outputs=outputs, n=job.n)

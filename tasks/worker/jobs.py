@@ -39,6 +39,10 @@ class WorkerJobs:
         s = self._r.hget(job_key(job_id), "status")
         return s.decode() if isinstance(s, bytes) else s
 
+    def attempt(self, job_id: str) -> int:
+        """How many times the job was claimed, this claim included (TRANSITION_LUA counts them)."""
+        return int(self._r.hget(job_key(job_id), "attempts") or 0)
+
     def publish(self, channel: str, event_json: str) -> None:
         self._r.publish(channel, event_json)
 

@@ -207,7 +207,8 @@ class WorkerRuntime:
             plan = generation.prepare(handler, job)
             if job.stream:  # a stream's HTTP status waits for this; a sync answer does not
                 self._publish(job, Event(type="started"))
-            result = generation.collect(job, plan, generation.run(self.loop, job, plan))
+            attempt = self.jobs.attempt(job.job_id) if job.events_ttl else 0  # tags its kept events
+            result = generation.collect(job, plan, generation.run(self.loop, job, plan, attempt))
             if result is None:
                 log.info("job %s cancelled", job.job_id)
             return result.model_dump() if result is not None else None

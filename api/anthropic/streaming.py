@@ -1,0 +1,118 @@
+"""Anthropic's streaming contract: a job's typed events as named SSE events.
+
+``message_start`` (the message without content; usage follows in ``message_delta``, since the worker
+reports the prompt's tokens with its result), a ``ping``, then per content block
+``content_block_start``, ``content_block_delta``\\* and ``content_block_stop`` (text first when there
+is any, then one ``tool_use`` block per call, its ``input`` as one ``input_json_delta``: the worker
+parses calls at the end), then ``message_delta`` (``stop_reason``, ``stop_sequence``, ``usage``) and
+``message_stop``. A job still queued when the stream opened is waited for after the ping; further
+pings come every :data:`api.sse.PING_SECONDS` while nothing else is sent. A failure after the 200 is
+an ``error`` event, which ends the stream (the SDK raises it). Leaving early cancels the job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Iterator, assert_never
+
+from sse_starlette import ServerSentEvent
+
+from tasks.contract.errors import JobError
+from tasks.contract.payloads import GenerateResult, Output
+from tasks.queue.events import Failed, Finished, ReasoningDelta, TextDelta
+
+from ..gateway import Submitted
+from ..streaming import Shown
+from .errors import envelope
+from .messages import shell, stop_reason, tool_input, tool_use_block, usage
+
+
+def _json(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def event(kind: str, **body: Any) -> bytes:
+    """One event: its name, and the same name as the data's ``type``."""
+    return f"event: {kind}\ndata: {_json({'type': kind, **body})}\n\n".encode()
+
+
+PING = event("ping")
+
+
+def keepalive() -> ServerSentEvent:
+    """The periodic ping (sse-starlette's keep-alive), the same event as :data:`PING`."""
+    return ServerSentEvent(_json({"type": "ping"}), event="ping", sep="\n")
+
+
+def error_event(err: JobError) -> bytes:
+    return f"event: error\ndata: {_json(envelope(err))}\n\n".encode()
+
+
+@dataclass
+class Blocks:
+    """The content blocks sent so far: the open text block, if any, and the next block's index."""
+
+    index: int = 0
+    text_open: bool = False
+    shown: Shown = field(default_factory=Shown)
+
+    def text(self, text: str) -> Iterator[bytes]:
+        if not text:
+            return
+        if not self.text_open:
+            self.text_open = True
+            yield event("content_block_start", index=self.index, content_block={"type": "text", "text": ""})
+        self.shown.pieces.append(text)
+        yield event("content_block_delta", index=self.index, delta={"type": "text_delta", "text": text})
+
+    def close_text(self) -> Iterator[bytes]:
+        if self.text_open:
+            self.text_open = False
+            yield event("content_block_stop", index=self.index)
+            self.index += 1
+
+    def finish(self, o: Output) -> Iterator[bytes]:
+        """After the last delta: text lost on the way, the tool calls, the stop reason and usage."""
+        yield from self.text(self.shown.missing(o.text))
+        yield from self.close_text()
+        for call in o.tool_calls or ():
+            yield event("content_block_start", index=self.index, content_block=tool_use_block(call, {}))
+            yield event("content_block_delta", index=self.index,
+                        delta={"type": "input_json_delta", "partial_json": _json(tool_input(call))})
+            yield event("content_block_stop", index=self.index)
+            self.index += 1
+        reason, sequence = stop_reason(o)
+        yield event("message_delta", delta={"stop_reason": reason, "stop_sequence": sequence}, usage=usage(o))
+        yield event("message_stop")
+
+
+async def message_events(sub: Submitted[GenerateResult]) -> AsyncIterator[bytes]:
+    async with sub.watch as events:
+        try:
+            yield event("message_start", message=shell(sub.job_id, sub.model))
+            yield PING
+            if sub.accepting is not None:  # still queued when the stream opened
+                try:
+                    await sub.accepting
+                except JobError as e:
+                    yield error_event(e)
+                    return
+            blocks = Blocks()
+            async for ev in events:
+                match ev:
+                    case TextDelta(text=text):
+                        for frame in blocks.text(text):
+                            yield frame
+                    case ReasoningDelta():
+                        pass  # thinking blocks come with the next commit
+                    case Finished(result):
+                        for frame in blocks.finish(result.outputs[0]):
+                            yield frame
+                    case Failed(error):
+                        yield error_event(error)
+                    case _:
+                        assert_never(ev)
+        finally:
+            if sub.accepting is not None:
+                sub.accepting.cancel()  # the client left while it waited: the job is cancelled too

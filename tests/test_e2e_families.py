@@ -164,3 +164,45 @@ def test_unknown_family_fails_the_load_listing_the_known(families):
     assert proc.wait(120) == EXIT_LOAD_FAILED
     log = next(families.root.glob("worker-acme--bad-family-*.log")).read_text()
     assert "unknown model family 'nope'; known: embedding, deepseek-r1, llama3" in log
+
+
+# --- the other wire formats: Anthropic thinking blocks, Responses reasoning items ---------------------------
+
+def test_anthropic_thinking_block_streamed_and_not(families):
+    import anthropic
+
+    claude = anthropic.Anthropic(base_url=families.base_url, api_key="x", max_retries=0, timeout=120)
+    # Greedy through the body, as tests/test_anthropic.py asks for it.
+    kw = dict(model=TINY_DEEPSEEK, max_tokens=40, extra_body={"temperature": 0}, messages=[{"role": "user", "content": "Bye"}])
+    m = claude.messages.create(**kw)
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in m.content] == [
+        ("thinking", THOUGHT), ("text", ANSWER)]
+    with claude.messages.stream(**kw) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert [b.model_dump() for b in final.content] == [b.model_dump() for b in m.content]
+    assert "thinking" in kinds and kinds.count("content_block_stop") == 2
+    off = claude.messages.create(**{**kw, "model": TINY_QWEN3}, thinking={"type": "disabled"})
+    assert [(b.type, b.text) for b in off.content] == [("text", ANSWER)]
+
+
+def test_responses_reasoning_item_streamed_and_not(families, client):
+    kw = dict(model=TINY_DEEPSEEK, input="Bye", max_output_tokens=40, temperature=0)
+    r = client.responses.create(**kw)
+    assert [item.type for item in r.output] == ["reasoning", "message"]
+    assert r.output[0].content[0].text == THOUGHT and r.output_text == ANSWER
+    assert r.usage.output_tokens_details.reasoning_tokens == r.usage.output_tokens - 3
+    events = list(client.responses.create(stream=True, **kw))
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == THOUGHT
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == ANSWER
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    def no_ids(output):
+        return [{k: v for k, v in item.items() if k != "id"} for item in output]
+
+    assert no_ids(events[-1].response.model_dump()["output"]) == no_ids(r.model_dump()["output"])
+    added = [(e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"]
+    assert added == [(0, "reasoning"), (1, "message")]
+    follow_up = client.responses.create(**{**kw, "input": "Again?"}, previous_response_id=r.id)
+    assert follow_up.output_text == ANSWER  # the earlier thought is kept as an item, not shown to the model
+    off = client.responses.create(**{**kw, "model": TINY_QWEN3}, reasoning={"effort": "none"})
+    assert [item.type for item in off.output] == ["message"] and off.output_text == ANSWER

@@ -58,11 +58,19 @@ def shell(message_id: str, model: str) -> dict[str, Any]:
                       "cache_read_input_tokens": 0}}
 
 
+def thinking_block(thought: str) -> dict[str, Any]:
+    """A reasoning model's thought. The signature Anthropic adds (to check a thought sent back) has
+    no meaning here: empty, and the history drops thoughts anyway."""
+    return {"type": "thinking", "thinking": thought, "signature": ""}
+
+
 def message(message_id: str, model: str, result: GenerateResult) -> dict[str, Any]:
-    """The answer of a non-streamed ``POST /v1/messages``: a text block when there is text, then one
-    ``tool_use`` block per call (the worker keeps call markup out of the text)."""
+    """The answer of a non-streamed ``POST /v1/messages``: a thinking block when the model reasoned,
+    a text block when there is text, then one ``tool_use`` block per call (the worker keeps call
+    markup out of the text)."""
     o = result.outputs[0]
-    content: list[dict[str, Any]] = [{"type": "text", "text": o.text}] if o.text else []
+    content: list[dict[str, Any]] = [thinking_block(o.reasoning)] if o.reasoning else []
+    content += [{"type": "text", "text": o.text}] if o.text else []
     content += [tool_use_block(c, tool_input(c)) for c in o.tool_calls or ()]
     reason, sequence = stop_reason(o)
     return {**shell(message_id, model), "content": content, "stop_reason": reason, "stop_sequence": sequence,

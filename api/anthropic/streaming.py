@@ -2,8 +2,9 @@
 
 ``message_start`` (the message without content; usage follows in ``message_delta``, since the worker
 reports the prompt's tokens with its result), a ``ping``, then per content block
-``content_block_start``, ``content_block_delta``\\* and ``content_block_stop`` (text first when there
-is any, then one ``tool_use`` block per call, its ``input`` as one ``input_json_delta``: the worker
+``content_block_start``, ``content_block_delta``\\* and ``content_block_stop`` (a reasoning model's
+thought first, as a ``thinking`` block of ``thinking_delta``\\s and a ``signature_delta``; text next
+when there is any, then one ``tool_use`` block per call, its ``input`` as one ``input_json_delta``: the worker
 parses calls at the end), then ``message_delta`` (``stop_reason``, ``stop_sequence``, ``usage``) and
 ``message_stop``. A job still queued when the stream opened is waited for after the ping; further
 pings come every :data:`api.sse.PING_SECONDS` while nothing else is sent. A failure after the 200 is
@@ -25,7 +26,7 @@ from tasks.queue.events import Failed, Finished, ReasoningDelta, TextDelta
 from ..gateway import Submitted
 from ..streaming import Shown
 from .errors import envelope
-from .messages import shell, stop_reason, tool_input, tool_use_block, usage
+from .messages import shell, stop_reason, thinking_block, tool_input, tool_use_block, usage
 
 
 def _json(body: dict[str, Any]) -> str:
@@ -51,15 +52,34 @@ def error_event(err: JobError) -> bytes:
 
 @dataclass
 class Blocks:
-    """The content blocks sent so far: the open text block, if any, and the next block's index."""
+    """The content blocks sent so far: the open thinking or text block, if any, and the next block's
+    index."""
 
     index: int = 0
     text_open: bool = False
+    thought_open: bool = False
     shown: Shown = field(default_factory=Shown)
+
+    def thought(self, text: str) -> Iterator[bytes]:
+        if not text:
+            return
+        if not self.thought_open:
+            self.thought_open = True
+            yield event("content_block_start", index=self.index, content_block=thinking_block(""))
+        self.shown.thought.append(text)
+        yield event("content_block_delta", index=self.index, delta={"type": "thinking_delta", "thinking": text})
+
+    def close_thought(self) -> Iterator[bytes]:
+        if self.thought_open:
+            self.thought_open = False
+            yield event("content_block_delta", index=self.index, delta={"type": "signature_delta", "signature": ""})
+            yield event("content_block_stop", index=self.index)
+            self.index += 1
 
     def text(self, text: str) -> Iterator[bytes]:
         if not text:
             return
+        yield from self.close_thought()
         if not self.text_open:
             self.text_open = True
             yield event("content_block_start", index=self.index, content_block={"type": "text", "text": ""})
@@ -73,7 +93,10 @@ class Blocks:
             self.index += 1
 
     def finish(self, o: Output) -> Iterator[bytes]:
-        """After the last delta: text lost on the way, the tool calls, the stop reason and usage."""
+        """After the last delta: what was lost on the way, the tool calls, the stop reason and usage."""
+        if not self.text_open:  # a thought comes before the text, never after
+            yield from self.thought(self.shown.missing(o.reasoning or "", thought=True))
+        yield from self.close_thought()
         yield from self.text(self.shown.missing(o.text))
         yield from self.close_text()
         for call in o.tool_calls or ():
@@ -104,8 +127,9 @@ async def message_events(sub: Submitted[GenerateResult]) -> AsyncIterator[bytes]
                     case TextDelta(text=text):
                         for frame in blocks.text(text):
                             yield frame
-                    case ReasoningDelta():
-                        pass  # thinking blocks come with the next commit
+                    case ReasoningDelta(text=text):
+                        for frame in blocks.thought(text):
+                            yield frame
                     case Finished(result):
                         for frame in blocks.finish(result.outputs[0]):
                             yield frame

@@ -40,6 +40,20 @@ def message_id(response_id: str) -> str:
     return f"msg_{_suffix(response_id)}"
 
 
+def reasoning_item_id(response_id: str) -> str:
+    return f"rs_{_suffix(response_id)}"
+
+
+def reasoning_part(text: str) -> dict[str, Any]:
+    return {"type": "reasoning_text", "text": text}
+
+
+def reasoning_item(response_id: str, status: str, content: list[dict[str, Any]]) -> dict[str, Any]:
+    """A reasoning model's thought: its text as ``reasoning_text`` content (no summary is made)."""
+    return {"id": reasoning_item_id(response_id), "type": "reasoning", "status": status, "summary": [],
+            "content": content}
+
+
 def call_item_id(response_id: str, index: int) -> str:
     return f"fc_{_suffix(response_id)}_{index}"
 
@@ -70,7 +84,8 @@ def has_message(out: Output) -> bool:
 
 
 def output_items(response_id: str, out: Output) -> list[dict[str, Any]]:
-    items = []
+    """The thought (when the model reasoned), the message, the calls: in the order they were written."""
+    items = [reasoning_item(response_id, "completed", [reasoning_part(out.reasoning)])] if out.reasoning else []
     if has_message(out):
         status = "incomplete" if out.finish_reason == "length" else "completed"
         items.append(message_item(response_id, status, [text_part(out.text, out.logprobs)]))

@@ -1,8 +1,9 @@
 """``POST /v1/messages`` and ``POST /v1/messages/count_tokens``: the Anthropic Messages API.
 
 Fields in the order of Anthropic's reference; unknown ones are tolerated and logged once (clients
-send newer fields, ``metadata``, ``service_tier``...). ``thinking`` is accepted and ignored: no model
-served here reasons yet. The blocks become job messages in :mod:`.anthropic_content`; the job is
+send newer fields, ``metadata``, ``service_tier``...). ``thinking: {"type": "disabled"}`` turns a
+reasoning model's thought off (``enable_thinking: false`` for its template); ``enabled`` is its
+default, and ``budget_tokens`` is not enforced apart from ``max_tokens``. The blocks become job messages in :mod:`.anthropic_content`; the job is
 the same :class:`GenerateJob` the OpenAI routes make, so tools use each family's own format.
 """
 
@@ -25,7 +26,7 @@ class MessagesInput(OpenAIModel):
     model: str
     messages: list[Turn] = Field(min_length=1)
     system: Optional[Union[str, list[Block]]] = None
-    thinking: Optional[dict[str, Any]] = None  # accepted, ignored (see the module's docstring)
+    thinking: Optional[dict[str, Any]] = None  # see the module's docstring
     tool_choice: Optional[dict[str, Any]] = None
     tools: Optional[list[Any]] = None
 
@@ -53,7 +54,12 @@ class MessagesInput(OpenAIModel):
                            deadline=deadline, request_id=request_id,
                            tools=[s.payload() for s in self._tools] if self._tools else None,
                            tool_choice=choice if isinstance(choice, str) else choice.payload(),
-                           parallel_tool_calls=self._parallel)
+                           parallel_tool_calls=self._parallel,
+                           chat_template_kwargs={"enable_thinking": False} if self.thinking_off else None)
+
+    @property
+    def thinking_off(self) -> bool:
+        return isinstance(self.thinking, dict) and self.thinking.get("type") == "disabled"
 
 
 class MessagesRequest(MessagesInput):

@@ -3,7 +3,7 @@
 A conversation becomes the job's messages: ``system`` (a string or text blocks) the system message;
 a turn's text blocks joined with newlines; an assistant turn's ``tool_use`` blocks its ``tool_calls``
 (``input`` as a JSON string); each ``tool_result`` block of a user turn a ``tool`` message, in the
-order the blocks come. ``thinking`` blocks in the history are dropped (no model here reasons yet).
+order the blocks come. ``thinking`` blocks in the history are dropped (the families drop earlier thoughts too).
 Anything else (images, documents, server tools) is a 400 that names the block.
 """
 

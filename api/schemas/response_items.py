@@ -2,7 +2,9 @@
 their ids (``GET /v1/responses/{id}/input_items``), and turned into the job's chat messages.
 
 Supported: ``message`` (roles user, system, developer, assistant; text parts or a plain string),
-``function_call`` and ``function_call_output``. Anything else is a 400 that names it.
+``function_call``, ``function_call_output`` and ``reasoning`` (a reasoning model's earlier thought,
+kept as an item but not shown to the model again: the families drop earlier thoughts). Anything
+else is a 400 that names it.
 """
 
 from __future__ import annotations
@@ -58,7 +60,25 @@ class FunctionCallOutputItem(BaseModel):
     status: str = "completed"
 
 
-Item = Annotated[Union[MessageItem, FunctionCallItem, FunctionCallOutputItem], Field(discriminator="type")]
+class ReasoningText(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # encrypted_content and the like mean nothing here
+
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    summary: list[Any] = Field(default_factory=list)
+    content: list[ReasoningText] = Field(default_factory=list)
+    status: str = "completed"
+
+
+Item = Annotated[Union[MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem],
+                 Field(discriminator="type")]
 
 
 def parse_input(value: Union[str, list[Any]]) -> list[Item]:
@@ -79,9 +99,13 @@ def parse_input(value: Union[str, list[Any]]) -> list[Item]:
         elif kind == "function_call_output":
             items.append(FunctionCallOutputItem(id=_id(raw, "fco", param), call_id=_text(raw, "call_id", param),
                                                 output=_output(raw.get("output"), f"{param}.output")))
+        elif kind == "reasoning":
+            parts = [ReasoningText(text=p["text"]) for p in raw.get("content") or () if isinstance(p, dict)
+                     and isinstance(p.get("text"), str)]
+            items.append(ReasoningItem(id=_id(raw, "rs", param), content=parts))
         else:
-            raise invalid_request(f"Input items of type `{kind}` are not supported; use `message`, `function_call` "
-                                  "or `function_call_output`.", param=f"{param}.type")
+            raise invalid_request(f"Input items of type `{kind}` are not supported; use `message`, `function_call`, "
+                                  "`function_call_output` or `reasoning`.", param=f"{param}.type")
     return items
 
 
@@ -148,6 +172,6 @@ def to_messages(items: list[Item], instructions: Optional[str] = None) -> list[M
                 out[-1].tool_calls = [*(out[-1].tool_calls or []), call]
             else:
                 out.append(Message(role="assistant", content="", tool_calls=[call]))
-        else:
+        elif isinstance(item, FunctionCallOutputItem):
             out.append(Message(role="tool", content=item.output, tool_call_id=item.call_id))
     return out

@@ -1,7 +1,8 @@
 """``POST /v1/responses`` request: checked once, when parsed, into the items, tools and constraint
 of its job. Fields in the order of the OpenAI reference.
 
-``reasoning`` is accepted and ignored (no served model reasons); ``truncation: "auto"`` is accepted
+``reasoning.effort`` reaches a reasoning model's template as ``reasoning_effort`` (``"none"`` turns a
+Qwen 3 thought off); no ``summary`` is made. ``truncation: "auto"`` is accepted
 but does not drop items yet: a conversation too long for the model is a 400
 (``context_length_exceeded``) either way. Unknown fields are tolerated and logged once.
 """
@@ -93,12 +94,13 @@ class ResponseRequest(OpenAIModel):
 
     def to_job(self, job_id: str, deadline: float, request_id: Optional[str], history: list[Item]) -> GenerateJob:
         """``history``: the items of the conversation before this request (``previous_response_id``)."""
-        choice = self._tool_choice
+        choice, effort = self._tool_choice, (self.reasoning or {}).get("effort")
         return GenerateJob(job_id=job_id, model=self.model, messages=to_messages(history + self._items, self.instructions),
                            sampling=self.to_sampling(), stream=bool(self.stream), deadline=deadline,
                            request_id=request_id, tools=[s.payload() for s in self._tools] if self._tools else None,
                            tool_choice=choice if isinstance(choice, str) else choice.payload(),
-                           parallel_tool_calls=self.parallel_tool_calls is not False)
+                           parallel_tool_calls=self.parallel_tool_calls is not False,
+                           chat_template_kwargs={"reasoning_effort": effort} if isinstance(effort, str) else None)
 
     def echo(self) -> dict[str, Any]:
         """The request's parameters as a response object repeats them (with OpenAI's defaults)."""

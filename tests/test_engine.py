@@ -8,6 +8,7 @@ import pytest
 from handlers.engine import Engine, run_to_completion
 from tasks.contract.payloads import Message, SamplingParams
 from tests.conftest import SMOL, TINY_CHATML, TINY_LLAMA3, TINY_MISTRAL
+from tests.generation import Generation
 from tests.test_families import load
 
 PROMPTS = ["Tell me about the sea.", "Hi", "Once upon a time there was a very long prompt " * 6,
@@ -15,7 +16,7 @@ PROMPTS = ["Tell me about the sea.", "Hi", "Once upon a time there was a very lo
 
 
 def alone(handler, ids, params, max_tokens):
-    gen = handler.generate(ids, params, max_tokens)
+    gen = Generation(handler, ids, params, max_tokens)
     text = "".join(gen)
     return text, list(gen.token_ids), gen.finish_reason
 

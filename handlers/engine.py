@@ -4,7 +4,7 @@ when they finish, each with its own sampling parameters, stop conditions and tex
 A small state machine (after nano-vllm's ``step() = schedule → run → postprocess``):
 
 * schedule: the :class:`~handlers.scheduler.Scheduler` admits waiting sequences that fit (batch
-  size, KV token budget, prefill chunk), or none: then the step is a decode;
+  size, KV token budget, prefill chunk, priority classes), or none: then the step is a decode;
 * run: a prefill runs the admitted prompts as one left-padded forward and merges their KV rows into
   the batch (:class:`~handlers.batch_cache.BatchCache`); a decode advances every running sequence
   by one token in one forward; the :class:`~handlers.sampler.Sampler` picks each row's token;
@@ -29,7 +29,7 @@ from .prefix_cache import PrefixCache
 from .sampler import Sampler
 from .sampling import prompt_logprobs
 from .scheduler import Scheduler
-from .sequence import SeqStatus, Sequence, StepOutput
+from .sequence import INTERACTIVE, SeqStatus, Sequence, StepOutput
 
 if TYPE_CHECKING:
     from .base import ChatHandler
@@ -39,11 +39,12 @@ __all__ = ["Engine", "Sequence", "SeqStatus", "StepOutput", "run_to_completion"]
 
 class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
-                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096) -> None:
+                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0) -> None:
+        """``reserved_slots``: rows each priority class leaves to the other (see handlers/scheduler.py)."""
         self.handler = handler
         self.model = handler.model
         self.device = handler.device
-        self.scheduler = Scheduler(max_batch, max_batch_tokens, max_prefill_tokens)
+        self.scheduler = Scheduler(max_batch, max_batch_tokens, max_prefill_tokens, reserved_slots)
         prefixes = PrefixCache(max_tokens=prefix_cache_tokens) if prefix_cache_tokens else None
         self.kv = BatchCache(self.device, handler.pad_id, self.model.config, prefixes)
         self.sampler = Sampler(self.device, handler.describe_token)
@@ -52,9 +53,12 @@ class Engine:
     # --- requests ---------------------------------------------------------------------------
 
     def add(self, seq_id: str, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-            grammar: Any = None) -> Sequence:
+            grammar: Any = None, priority: int = INTERACTIVE) -> Sequence:
+        """Queue a sequence. ``priority``: 0 interactive, 1 background, 2 batch; lower is admitted first."""
+        if priority < 0:
+            raise ValueError(f"priority must be 0 or more, got {priority}")
         seq = Sequence(seq_id, prompt_ids, params, max_tokens, decode=self.handler.decode, device=self.device,
-                       matcher=grammar.matcher() if grammar is not None else None)
+                       matcher=grammar.matcher() if grammar is not None else None, priority=priority)
         self.scheduler.add(seq)
         return seq
 

@@ -22,6 +22,9 @@ from .text import Decode, IncrementalDecoder, StopMatcher
 
 _DECODE_CONTEXT = 4  # prompt tokens that give the first generated token its left context
 
+# Priority classes of :meth:`handlers.engine.Engine.add`: lower is admitted first.
+INTERACTIVE, BACKGROUND, BATCH = 0, 1, 2
+
 
 class SeqStatus(enum.Enum):
     WAITING = "waiting"
@@ -31,11 +34,13 @@ class SeqStatus(enum.Enum):
 
 class Sequence:
     def __init__(self, seq_id: str, prompt_ids: list[int], params: SamplingParams, max_tokens: int, *,
-                 decode: Decode, device: torch.device, matcher: Any = None) -> None:
+                 decode: Decode, device: torch.device, matcher: Any = None,
+                 priority: int = INTERACTIVE) -> None:
         self.id = seq_id
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.max_tokens = max_tokens
+        self.priority = priority
         self.matcher = matcher  # structured output (handlers/constraints.py), None when unconstrained
         self.generator = make_generator(params, device)
         self.token_ids: list[int] = []

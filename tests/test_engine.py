@@ -155,6 +155,62 @@ def test_sequence_status_follows_the_engine(tiny_models):
     assert (first.finish_reason, second.finish_reason) == ("length", "cancelled") and not second.token_ids
 
 
+def test_waiting_sequences_are_admitted_by_priority_then_arrival(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Hi")])
+    engine = Engine(h, max_batch=1)
+    for seq_id, priority in (("b1", 1), ("i1", 0), ("x1", 2), ("i2", 0), ("b2", 1)):
+        engine.add(seq_id, ids, SamplingParams(temperature=0, ignore_eos=True), 2, priority=priority)
+    order = ["i1", "i2", "b1", "b2", "x1"]
+    assert [s.id for s in engine.waiting] == order
+    admitted = []
+    while engine.has_work():
+        engine.step()
+        admitted += [s.id for s in engine.running if s.id not in admitted]
+    assert admitted == order
+
+
+def _rows(engine):
+    return sorted(s.id[0] for s in engine.running)  # "i" interactive, "b" background
+
+
+def test_reserved_slots_keep_a_row_for_interactive(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    params = SamplingParams(temperature=0, ignore_eos=True)
+    engine = Engine(h, max_batch=4, reserved_slots=1)
+    for i in range(6):
+        engine.add(f"b{i}", ids, params, 30, priority=1)
+    engine.step()  # prefill: background work may hold 4 - 1 rows
+    assert _rows(engine) == ["b"] * 3 and len(engine.waiting) == 3
+    engine.step()  # a decode; the free row stays free
+    assert _rows(engine) == ["b"] * 3
+    engine.add("i0", ids, params, 30, priority=0)
+    engine.step()  # the next prefill: the interactive sequence gets the reserved row at once
+    assert _rows(engine) == ["b", "b", "b", "i"] and [s.id for s in engine.waiting] == ["b3", "b4", "b5"]
+
+
+def test_reserved_slots_leave_rows_to_bulk_work(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    params = SamplingParams(temperature=0, ignore_eos=True)
+    engine = Engine(h, max_batch=4, reserved_slots=1)
+    for i in range(6):
+        engine.add(f"i{i}", ids, params, 30, priority=0)
+    engine.add("b0", ids, params, 30, priority=2)
+    engine.add("b1", ids, params, 30, priority=1)
+    engine.step()  # interactive work holds at most 3 rows; the fourth goes to bulk work, priority 1 before 2
+    assert _rows(engine) == ["b", "i", "i", "i"] and "b1" in [s.id for s in engine.running]
+    assert [s.id for s in engine.waiting] == ["i3", "i4", "i5", "b0"]
+    without = Engine(h, max_batch=4)  # reserved_slots=0: strict priority order, as before
+    for seq in [*engine.running, *engine.waiting]:
+        without.add(seq.id, ids, params, 30, priority=seq.priority)
+    without.step()
+    assert _rows(without) == ["i"] * 4
+    with pytest.raises(ValueError, match="reserved_slots"):
+        Engine(h, max_batch=4, reserved_slots=4)
+
+
 def test_many_constrained_rows_are_masked_together_with_the_same_tokens(tiny_models, monkeypatch):
     import handlers.constraints
     from handlers.sampler import MASK_BATCH_FROM

@@ -12,12 +12,12 @@ import functools
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from tasks.contract.errors import JobError, invalid_request
-from tasks.contract.payloads import LoadOptions, Message, SamplingParams, ToolCall
+from tasks.contract.payloads import LoadOptions, Message, ToolCall
 
 from .loading import load_causal_lm
 from .tools import ToolPlan, forced, forced_schema, hf_message, hf_tools, openai_call_id, parse_hermes, uses_tools
@@ -175,11 +175,7 @@ class ChatHandler(Handler):
                 param="max_tokens" if room > 0 else "messages")
         return max_tokens if max_tokens is not None else room
 
-    # --- generation --------------------------------------------------------------------------
-
-    def generate(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
-                 is_cancelled: Callable[[], bool] = lambda: False) -> "Generation":
-        return Generation(self, list(prompt_ids), params, max_tokens, is_cancelled)
+    # --- token text --------------------------------------------------------------------------
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -235,39 +231,3 @@ def _byte_decoder() -> dict[str, int]:
             extra += 1
     return {chr(c): b for b, c in zip(printable, chars)}
 
-
-class Generation:
-    """One sequence generated alone (in-process use): iterate it for text deltas, then read how it
-    ended. Runs on the same engine as the worker's batches, with a batch of one."""
-
-    def __init__(self, handler: ChatHandler, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-                 is_cancelled: Callable[[], bool]) -> None:
-        from .engine import Engine
-
-        self._engine = Engine(handler, max_batch=1)
-        self._seq = self._engine.add("single", prompt_ids, params, max_tokens)
-        self.is_cancelled = is_cancelled
-
-    @property
-    def text(self) -> str:
-        return self._seq.text
-
-    @property
-    def token_ids(self) -> list[int]:
-        return self._seq.token_ids
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self._seq.token_ids)
-
-    @property
-    def finish_reason(self) -> str:
-        return self._seq.finish_reason or "length"
-
-    def __iter__(self) -> Iterator[str]:
-        while self._engine.has_work():
-            if self.is_cancelled():
-                self._engine.abort(self._seq.id)
-            for out in self._engine.step():
-                if out.delta:
-                    yield out.delta

@@ -77,6 +77,11 @@ class Sequence:
         return self._stops.text
 
     @property
+    def stop_sequence(self) -> str | None:
+        """The request's stop string that ended the text, if one did."""
+        return self._stops.matched
+
+    @property
     def cancelling(self) -> bool:
         """Aborted, and not yet dropped by the engine."""
         return self._cancelling and not self.finished

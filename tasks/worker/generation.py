@@ -100,6 +100,6 @@ def collect(job: GenerateJob, plan: Prepared, waiters: list[SeqWaiter]) -> Gener
             finish_reason=finish,
             tool_calls=calls or None, prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.token_ids),
             logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None,
-            stop_sequence=seq.stop_sequence if seq.stops else None,
+            stop_sequence=seq.stop_sequence,
             ))
     return GenerateResult(outputs=outputs, n=job.n)

@@ -129,8 +129,10 @@ class JobClient:
             self._presence = (time.monotonic(), cached)
         return cached
 
-    async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool) -> "JobWatch | None":
-        """Record the job, open its event queue (when ``watch``), then enqueue it."""
+    async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool,
+                     ttl: int | None = None) -> "JobWatch | None":
+        """Record the job (kept ``ttl`` seconds, else the setting's), open its event queue (when
+        ``watch``), then enqueue it."""
         job_id, model = job.job_id, job.model
         watcher: JobWatch[Any] | None = None
         if watch:
@@ -140,7 +142,7 @@ class JobClient:
         payload = job.model_dump(mode="json")
         try:
             await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=job.klass,
-                                    payload=json.dumps(payload))
+                                    payload=json.dumps(payload), ttl=ttl)
             await asyncio.to_thread(send_job, self.celery, task, payload, job_id, queue)
         except BaseException:
             # Interrupted (the client left, Redis failed) once the record may exist: the job must

@@ -79,6 +79,8 @@ class BatchDriver:
                     await self.store.put_lines(b.id, pending)
                     pending = {}
             check.finish()
+            if await self.files.get(input_id) is None:  # deleted while it was read: what was read is not all
+                check.errors.append(LineError("file_not_found", f"The input file `{input_id}` was deleted."))
             if not check.errors:
                 await self.store.put_lines(b.id, pending)
         if check.errors:
@@ -162,7 +164,8 @@ class BatchDriver:
                     await self._resend(b, line, job, lease, left)
                     continue
                 result = from_record(job.job_id, rec)
-                await self.store.record(b.id, line, job, result, counter(result))
+                if await self.store.record(b.id, line, job, result, counter(result)):
+                    self.lines.count(rec)
             elif stopping:
                 await self.store.record(b.id, line, job, await self.output.not_run_line(b, line, stopping), "failed")
             else:

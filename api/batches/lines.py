@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import ValidationError
 
-from tasks.contract.errors import JobError
-from tasks.contract.payloads import TASK_EMBED, TASK_GENERATE, EmbedJob, GenerateJob
+from tasks.contract.errors import JobError, server_error
+from tasks.contract.payloads import TASK_EMBED, TASK_GENERATE, EmbedJob, EmbedResult, GenerateJob, GenerateResult
 from tasks.queue.client import new_job_id
+from tasks.queue.events import parse_result
 
 from .. import responses
 from ..errors import body_validation_error
@@ -92,6 +93,20 @@ class LineJobs:
     async def send(self, line: LineJob, ttl: int) -> None:
         await self.gw.jobs.submit(line.task, line.job, endpoint=line.endpoint, meta=line.meta, watch=False, ttl=ttl)
 
+    def count(self, rec: dict[str, Any]) -> None:
+        """A recorded line's tokens in this process's counters, as a request's (the status page's chart)."""
+        if rec["status"] != "succeeded" or rec.get("task") not in (TASK_GENERATE, TASK_EMBED):
+            return
+        try:
+            result = parse_result(rec["task"], rec.get("result"))
+        except ValidationError:
+            return
+        if isinstance(result, (GenerateResult, EmbedResult)):
+            usage = result.usage()
+            self.gw.metrics.prompt_tokens.labels(rec["model"]).inc(usage.prompt)
+            if isinstance(result, GenerateResult):
+                self.gw.metrics.generation_tokens.labels(rec["model"]).inc(usage.completion)
+
 
 def _line(custom_id: str, response: Optional[dict[str, Any]], error: Optional[dict[str, Any]]) -> str:
     return json.dumps({"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": response,
@@ -115,8 +130,11 @@ def from_record(job_id: str, rec: dict[str, Any]) -> str:
     custom_id, request_id = meta.get("custom_id", ""), meta.get("request_id", "")
     if rec["status"] != "succeeded":
         return refused(custom_id, request_id, JobError.from_dict(rec.get("error") or {}))
-    body = responses.for_endpoint(rec["endpoint"], job_id, int(rec["created_at"]), rec["model"], meta,
-                                  rec.get("result") or {})
+    try:
+        body = responses.for_endpoint(rec["endpoint"], job_id, int(rec["created_at"]), rec["model"], meta,
+                                      rec.get("result") or {})
+    except (ValidationError, KeyError, ValueError):  # versions apart: the line fails, the batch goes on
+        return refused(custom_id, request_id, server_error("The worker returned a result the API cannot read."))
     return OK + _line(custom_id, {"status_code": 200, "request_id": request_id, "body": body}, None)
 
 

@@ -6,9 +6,9 @@
 
 On one server: the output tokens/s of N concurrent greedy streams (``bench/load.py``'s
 ``run_level``), then of a batch of ``--lines`` chat lines with the same prompts and ``max_tokens``
-(tokens from the output file's ``usage``, time from ``POST /v1/batches`` to ``completed``), and the
-time to first token of a streaming request sent while the batch runs against the same request on
-the idle server. Numbers, not asserts.
+(tokens from the output file's ``usage``, time from ``POST /v1/batches`` to ``completed``), the
+streams again (the drift of a shared machine shows), and the time to first token of a streaming
+request sent while the batch runs against the same request on the idle server. Numbers, not asserts.
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def main() -> None:
         print(f"{args.streams} streams: {streams.tok_s:.1f} tok/s ({streams.tokens} tokens in {streams.wall:.1f} s, "
               f"errors {streams.errors})", flush=True)
         batch, busy = ttft_during_batch(url, args.lines, args.max_tokens, args.ttft_samples)
+        # Again after the batch: on a shared machine the two readings show how much the load drifted.
+        after = asyncio.run(run_level(url, args.streams, args.rounds, args.max_tokens))
     finally:
         if server:
             server.stop()
@@ -123,7 +125,9 @@ def main() -> None:
     print(f"{f'{args.streams} concurrent streams':28} {streams.tok_s:>10.1f} {streams.tokens:>8} {streams.wall:>8.1f}")
     print(f"{f'batch of {args.lines} lines':28} {tok_s:>10.1f} {batch['tokens']:>8} {batch['wall']:>8.1f}  "
           f"({batch['status']}, {batch['counts']})")
-    print(f"batch / streams: {tok_s / streams.tok_s:.0%}" if streams.tok_s else "batch / streams: n/a")
+    print(f"{f'{args.streams} streams, after':28} {after.tok_s:>10.1f} {after.tokens:>8} {after.wall:>8.1f}")
+    mean = (streams.tok_s + after.tok_s) / 2
+    print(f"batch / streams (mean of before and after): {tok_s / mean:.0%}" if mean else "batch / streams: n/a")
     print(f"stream TTFT p50: idle {pct(idle, 50):.0f} ms, during the batch {pct(busy, 50):.0f} ms "
           f"(max {max(busy, default=float('nan')):.0f} ms; bound 2 x idle + 300 = "
           f"{2 * statistics.median(idle) + 300 if idle else float('nan'):.0f} ms)")

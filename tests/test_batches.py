@@ -53,6 +53,11 @@ def test_files_are_uploaded_listed_read_and_deleted(client):
     assert client.files.content(f.id).content == data
     assert f.id in {x.id for x in client.files.list(purpose="batch")}
     assert f.id not in {x.id for x in client.files.list(purpose="batch_output")}
+    g = client.files.create(file=("second.jsonl", data), purpose="batch")
+    first = client.files.list(purpose="batch", limit=1)
+    assert [x.id for x in first.data] == [g.id] and first.has_more  # newest first
+    assert client.files.list(purpose="batch", limit=1, after=g.id).data[0].id == f.id
+    client.files.delete(g.id)
     with pytest.raises(openai.BadRequestError) as e:
         client.files.create(file=("t.jsonl", data), purpose="fine-tune")
     assert "fine-tune" in e.value.message and e.value.body["param"] == "purpose"
@@ -203,7 +208,7 @@ def test_batch_outlives_killed_worker_api_and_redis(stack, tmp_path):
     process and Redis itself are SIGKILLed mid-batch; with a new Redis (same data), API and worker,
     the batch completes with every line exactly once."""
     server = RedisServer(tmp_path / "redis").start()
-    env = {"LLMHOST_REDIS_URL": server.url, "LLMHOST_BATCH_LEASE_SECONDS": "3"}
+    env = {"LLMHOST_REDIS_URL": server.url, "LLMHOST_BATCH_LEASE_SECONDS": "3", "LLMHOST_BATCH_LINES_PER_WORKER": "8"}
     try:
         worker = stack.start_worker(TINY_GENERIC, LLMHOST_MAX_BATCH="4", **env)
         r = redis_lib.Redis.from_url(server.url, socket_timeout=5)
@@ -214,7 +219,14 @@ def test_batch_outlives_killed_worker_api_and_redis(stack, tmp_path):
         lines = [{"custom_id": f"k{i}", "method": "POST", "url": "/v1/completions", "body": {**body, "seed": i}}
                  for i in range(40)]
         batch = create(api, lines, endpoint="/v1/completions")
-        wait_until(lambda: api.batches.retrieve(batch.id).request_counts.completed >= 4, 120, "some finished lines")
+        in_flight: list[int] = []
+
+        def some_done() -> bool:  # and, meanwhile, never more than 8 lines sent and not finished
+            in_flight.append(r.hlen(f"llmhost:batch:{batch.id}:inflight"))
+            return api.batches.retrieve(batch.id).request_counts.completed >= 4
+
+        wait_until(some_done, 120, "some finished lines")
+        assert 0 < max(in_flight) <= 8
         worker.send_signal(signal.SIGKILL)
         stack.procs.pop("api-fault-1").send_signal(signal.SIGKILL)
         server.proc.send_signal(signal.SIGKILL)

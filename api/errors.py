@@ -4,6 +4,7 @@ on the Anthropic routes (``/v1/messages*``), chosen by the request's path."""
 from __future__ import annotations
 
 import logging
+from typing import Any, Sequence
 
 import redis
 from fastapi import FastAPI, Request
@@ -55,6 +56,26 @@ def from_validation_error(exc: ValidationError, prefix: str = "") -> JobError:
     return JobError(msg, status_code=400, param=param or None, code="invalid_value")
 
 
+def request_validation_error(errors: Sequence[Any]) -> JobError:
+    """FastAPI's validation errors of a request (``loc`` starting with its location) → the 400."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    param: str | None = _loc_to_param(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid request"))
+    if first.get("type") == "json_invalid":
+        msg, param = "The request body is not valid JSON.", None
+    elif param:
+        msg = f"{param}: {msg}"
+    if len(errors) > 1:
+        msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return JobError(msg, status_code=400, param=param or None, code="invalid_value")
+
+
+def body_validation_error(exc: ValidationError) -> JobError:
+    """A body checked outside FastAPI (a batch line's) answered exactly as FastAPI's check of the
+    same body would have been."""
+    return request_validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()])
+
+
 def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobError)
     async def _job_error(request: Request, exc: JobError) -> JSONResponse:
@@ -62,17 +83,7 @@ def register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        param: str | None = _loc_to_param(tuple(first.get("loc", ())))
-        msg = str(first.get("msg", "invalid request"))
-        if first.get("type") == "json_invalid":
-            msg, param = "The request body is not valid JSON.", None
-        elif param:
-            msg = f"{param}: {msg}"
-        if len(errors) > 1:
-            msg += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-        return error_response(JobError(msg, status_code=400, param=param or None, code="invalid_value"), request.url.path)
+        return error_response(request_validation_error(exc.errors()), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

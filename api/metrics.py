@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Awaitable, Callable, Optional
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +26,8 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5)
 WORKER_STATES = ("loading", "ready", "failed")
+BATCH_STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
+                  "cancelled")
 
 
 def outcome_of(err: JobError) -> str:
@@ -66,6 +68,7 @@ class Metrics:
         self.queue_depth = Gauge("llmhost_queue_depth", "Jobs in the model's queue not yet taken by a worker.",
                                  ["model"], registry=r)
         self.redis_up = Gauge("llmhost_redis_up", "1 when Redis answered the last scrape.", registry=r)
+        self.batches = Gauge("llmhost_batches", "Batches (/v1/batches) by status.", ["status"], registry=r)
 
     def track(self, endpoint: str, model: str, started: Optional[float] = None) -> "JobTracker":
         """The tracker of one job; ``started`` (``time.perf_counter()``) is when its request arrived."""
@@ -100,6 +103,16 @@ class Metrics:
             self.running.labels(m).set(sum(w.running for w in mine))
             self.waiting.labels(m).set(sum(w.waiting for w in mine))
             self.queue_depth.labels(m).set(waiting)
+
+    async def refresh_batches(self, counts: Callable[[], Awaitable[dict[str, int]]]) -> None:
+        """Batches per status, every status always present; left empty when Redis does not answer."""
+        try:
+            found = await counts()
+        except redis.RedisError:
+            self.batches.clear()
+            return
+        for status in BATCH_STATUSES:
+            self.batches.labels(status).set(max(0, found.get(status, 0)))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

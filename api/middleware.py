@@ -121,20 +121,24 @@ class BodyLimitMiddleware:
     Pure ASGI on purpose: a ``BaseHTTPMiddleware`` runs the app in another task, so context the
     route binds (the job id of the log lines) would not reach the layers outside it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, uploads: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.uploads = uploads or {}  # POST path → its own limit (file uploads are not requests)
 
-    def _too_large(self) -> JobError:
-        return JobError(f"Request body larger than {self.max_bytes} bytes.", status_code=413, code="request_too_large")
+    @staticmethod
+    def _too_large(limit: int) -> JobError:
+        return JobError(f"Request body larger than {limit} bytes.", status_code=413, code="request_too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.uploads.get(scope.get("path", ""), self.max_bytes) if scope.get("method") == "POST" \
+            else self.max_bytes
         length = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            await error_response(self._too_large(), scope.get("path", ""))(scope, receive, send)
+        if length.isdigit() and int(length) > limit:
+            await error_response(self._too_large(limit), scope.get("path", ""))(scope, receive, send)
             return
         seen = 0
 
@@ -143,10 +147,10 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     # An HTTPException, because FastAPI turns anything else raised while it reads
                     # the body into a 400; its handler (api/errors.py) keeps the code.
-                    raise BodyTooLarge(self._too_large().message)
+                    raise BodyTooLarge(self._too_large(limit).message)
             return message
 
         await self.app(scope, counted, send)

@@ -11,20 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from tasks.contract.errors import JobError, invalid_request
-from tasks.contract.payloads import LoadOptions, Message, SamplingParams, ToolCall
+from tasks.contract.payloads import LoadOptions, Message, ToolCall
 
 from .loading import load_causal_lm
 from .reasoning import ReasoningPlan, ThinkTags, plan_reasoning
 from .text import token_text_and_bytes
 from .tools import ToolPlan, forced, forced_schema, hf_message, hf_tools, openai_call_id, parse_hermes, uses_tools
-
-if TYPE_CHECKING:
-    from .single import Generation
 
 log = logging.getLogger(__name__)
 
@@ -233,14 +230,7 @@ class ChatHandler(Handler):
                 param="max_tokens" if room > 0 else "messages")
         return max_tokens if max_tokens is not None else room
 
-    # --- generation --------------------------------------------------------------------------
-
-    def generate(self, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
-                 is_cancelled: Callable[[], bool] = lambda: False) -> "Generation":
-        from .single import Generation
-
-        return Generation(self, list(prompt_ids), params, max_tokens, is_cancelled,
-                          self.compile_constraint(params.constraint))
+    # --- token text --------------------------------------------------------------------------
 
     def decode(self, ids: Sequence[int]) -> str:
         if self._hidden is None:

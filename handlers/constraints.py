@@ -6,8 +6,8 @@ noise): the lowest per-token cost of computing the allowed tokens and advancing 
 ~70 µs inside a real generation, against SmolLM2's ~35–40 ms per token) among the libraries with full
 JSON Schema support: llguidance 25 µs, lm-format-enforcer ~0.8–1 ms; outlines-core is cheap per
 token but needs 53 ms to 10 s to compile a schema. Also: 5 ms to compile a small schema, 0.15 s to
-analyse the tokenizer, a single-threaded CPU kernel to apply the mask, ``fork``/``reset``; the
-default structured-output backend of vLLM and SGLang, released regularly. Costs: some keywords
+analyse the tokenizer, a single-threaded CPU kernel to apply the mask; the default
+structured-output backend of vLLM and SGLang, released regularly. Costs: some keywords
 compile but are silently ignored (refused below), and on Linux x86-64 it pulls in triton (~1 GB).
 
 How it is used here:
@@ -153,6 +153,17 @@ class GrammarCompiler:
             only_stop[0, i // 32] |= _bit(i % 32)
         self._only_stop = only_stop[0]
 
+    def ban_controls(self, logits: torch.Tensor, rows: list[int] | None = None) -> None:
+        """Set the logits of raw control-byte tokens to ``-inf`` in place: in a 1-D row, or in rows
+        ``rows`` of [rows, vocab] logits."""
+        if not len(self.control_ids):
+            return
+        ids = self.control_ids.to(logits.device)
+        if rows is None:
+            logits[..., ids] = float("-inf")
+        else:
+            logits[torch.tensor(rows, device=logits.device)[:, None], ids[None, :]] = float("-inf")
+
     def json_object(self) -> "Grammar":
         """Any JSON object (``response_format: {"type": "json_object"}``)."""
         return self._cached("json_object", lambda: {"type": "object"})
@@ -169,9 +180,6 @@ class GrammarCompiler:
         except (TypeError, ValueError) as e:
             raise UnsupportedSchema(f"the schema is not JSON: {e}") from None
         return self._cached(key, lambda: _prepare(schema))
-
-    def cached(self) -> int:
-        return len(self._cache)
 
     def token_bytes(self) -> list[bytes]:
         """Each token's exact bytes, by id (added and special tokens as their text)."""
@@ -223,16 +231,16 @@ class Grammar:
 
 
 class Matcher:
-    """One sequence's position in a grammar. Not thread-safe; cheap to create and to fork."""
+    """One sequence's position in a grammar. Not thread-safe; cheap to create."""
 
-    __slots__ = ("_m", "_owner", "_bitmask", "_done", "accepted")
+    __slots__ = ("_m", "_owner", "_bitmask", "_done")
+    bans_controls = True  # raw control-byte tokens are never valid in our compact JSON
 
     def __init__(self, matcher, owner: GrammarCompiler) -> None:
         self._m = matcher
         self._owner = owner
         self._bitmask = xgr.allocate_token_bitmask(1, owner.vocab_size)
         self._done: bool | None = None  # cached for the current state
-        self.accepted = 0  # tokens accepted so far
 
     def mask_logits(self, logits: torch.Tensor) -> None:
         """Set the logits of the tokens the grammar does not allow next to ``-inf``, in place.
@@ -240,8 +248,7 @@ class Matcher:
         was accepted, only stop tokens stay allowed."""
         self._fill(self._bitmask, 0)
         _apply(logits.unsqueeze(0), self._bitmask, self._owner.vocab_size, None)
-        if len(self._owner.control_ids):
-            logits[self._owner.control_ids.to(logits.device)] = float("-inf")
+        self._owner.ban_controls(logits)
 
     def _fill(self, bitmask: torch.Tensor, row: int) -> None:
         if self._m.is_terminated():  # xgrammar refuses to compute a mask then
@@ -255,7 +262,6 @@ class Matcher:
             return  # more stop tokens after the end (a row kept running): nothing to advance
         if not self._m.accept_token(int(token_id)):
             raise ValueError(f"token {token_id} is not allowed by the grammar at this point")
-        self.accepted += 1
         self._done = None
 
     @property
@@ -270,28 +276,6 @@ class Matcher:
                 self._m.fill_next_token_bitmask(self._bitmask)
                 self._done = bool(torch.equal(self._bitmask[0], self._owner._only_stop))
         return self._done
-
-    @property
-    def terminated(self) -> bool:
-        """A stop token has been accepted."""
-        return self._m.is_terminated()
-
-    def fork(self) -> "Matcher":
-        """An independent copy in the same state (``n`` > 1 choices sharing a prompt)."""
-        twin = Matcher(self._m.fork(), self._owner)
-        twin.accepted = self.accepted
-        return twin
-
-    def reset(self) -> None:
-        """Back to the start of the grammar."""
-        self._m.reset()
-        self.accepted = 0
-        self._done = None
-
-    def forced_text(self) -> str:
-        """The text the grammar forces next (e.g. ``"age": `` after a required key's value), for
-        jump-forward decoding; empty when the model has a choice."""
-        return self._m.find_jump_forward_string()
 
 
 def mask_batch(logits: torch.Tensor, matchers: list[Matcher | None]) -> None:
@@ -308,6 +292,10 @@ def mask_batch(logits: torch.Tensor, matchers: list[Matcher | None]) -> None:
     for i in rows:
         matchers[i]._fill(bitmask, i)  # type: ignore[union-attr]
     _apply(logits, bitmask, owner.vocab_size, rows if len(rows) < len(matchers) else None)
+    # As mask_logits does: the same tokens allowed either way (a matcher still before its grammar,
+    # reasoning_grammar.py's in a thought, allows them).
+    if banned := [i for i in rows if matchers[i].bans_controls]:  # type: ignore[union-attr]
+        owner.ban_controls(logits, banned)
 
 
 def _apply(logits: torch.Tensor, bitmask: torch.Tensor, vocab_size: int, rows: list[int] | None) -> None:

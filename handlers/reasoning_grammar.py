@@ -1,7 +1,7 @@
 """Structured output after a thought: the reasoning runs free, the grammar applies from its end on.
 
-The engine only calls ``grammar.matcher()`` and, per token, the matcher's ``mask_logits`` and
-``accept`` (``done``/``terminated`` and ``constraints.mask_batch`` read the same state), so a
+The engine only calls ``grammar.matcher()`` and, per token, the matcher's ``mask_logits`` (or
+``constraints.mask_batch``, which reads ``_fill`` and ``bans_controls``) and ``accept``, so a
 wrapper around the compiled grammar is all it takes; the engine does not know about reasoning.
 
 One sequence goes through these phases:
@@ -77,7 +77,6 @@ class ReasoningMatcher:
         self._led = 0  # lead tokens generated so far
         self._live = list(grammar.branches)  # the alternatives that fit the lead so far
         self._inner: Matcher | None = None
-        self.accepted = 0
         self._owner = grammar.compiler  # what constraints.mask_batch reads
         if self.phase == "open" and grammar.start_id is None:
             self._after_thought()
@@ -106,7 +105,6 @@ class ReasoningMatcher:
     def accept(self, token_id: int) -> None:
         """Advance by one sampled token; ``ValueError`` if it is not allowed here."""
         token_id = int(token_id)
-        self.accepted += 1
         if self.phase == "open":
             if token_id == self.g.start_id:
                 self.phase = "thinking"
@@ -125,8 +123,9 @@ class ReasoningMatcher:
         return self.phase == "grammar" and self._inner is not None and self._inner.done
 
     @property
-    def terminated(self) -> bool:
-        return self.phase == "grammar" and self._inner is not None and self._inner.terminated
+    def bans_controls(self) -> bool:
+        """A thought and a forced opener may hold newlines; the JSON after them may not."""
+        return self.phase == "grammar"
 
     def _fill(self, bitmask: torch.Tensor, row: int) -> None:
         """This row of a batch bitmask (``constraints.mask_batch``)."""

@@ -204,8 +204,9 @@ def test_stop_tokens_only_when_complete(smol, compiler):
     row = torch.zeros(width)
     matcher.mask_logits(row)
     assert set(torch.nonzero(row == 0).flatten().tolist()) == set(smol.stop_ids)
-    with pytest.raises(ValueError):
-        matcher.fork().accept(text_ids[0])
+    with pytest.raises(ValueError):  # refused, so the matcher stays where it was
+        matcher.accept(text_ids[0])
+    assert matcher.done
     matcher.accept(min(smol.stop_ids))
     # A row kept running after its stop token only ever gets stop tokens.
     row = torch.zeros(width)
@@ -225,6 +226,9 @@ def test_mask_batch_leaves_unconstrained_rows(smol, compiler):
     for row in (0, 2):
         allowed = torch.isfinite(logits[row])
         assert 0 < int(allowed.sum()) < 100 and not bool(allowed[width:].any())
+    alone = before[0].clone()  # the same tokens allowed as masking the row alone
+    compiler.json_object().matcher().mask_logits(alone)
+    assert torch.equal(torch.isfinite(alone), torch.isfinite(logits[0]))
 
 
 @pytest.mark.parametrize("schema,keyword", [

@@ -77,8 +77,8 @@ def test_mistral_roles_must_alternate(client):
     assert "alternate" in e.value.message
 
 
-@pytest.mark.parametrize("method,path", [("POST", "/v1/audio/transcriptions"), ("GET", "/v1/files"),
-                                         ("POST", "/v1/files"), ("GET", "/v1/fine_tuning/jobs")])
+@pytest.mark.parametrize("method,path", [("POST", "/v1/audio/transcriptions"), ("POST", "/v1/audio/speech"),
+                                         ("POST", "/v1/fine_tuning/jobs"), ("GET", "/v1/fine_tuning/jobs")])
 def test_not_implemented_routes_are_501(http, method, path):
     err = envelope(http.request(method, path), 501)
     assert err["type"] == "not_implemented"

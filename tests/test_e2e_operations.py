@@ -81,7 +81,8 @@ def test_health_is_open_and_keys_open_the_rest(secure_url):
         auth = {"Authorization": f"Bearer {ENV_KEYS[1]}"}
         assert h.get("/ready", headers=auth).status_code == 200
         assert h.get("/metrics", headers=auth).status_code == 200
-        assert envelope(h.get("/v1/files", headers=auth), 501)["type"] == "not_implemented"
+        assert envelope(h.get("/v1/fine_tuning/jobs", headers=auth), 501)["type"] == "not_implemented"
+        assert h.get("/v1/files", headers=auth).json()["object"] == "list"
         assert envelope(h.get("/v1/nowhere", headers=auth), 404)["type"] == "not_found_error"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from handlers.engine import Engine, run_to_completion
+from handlers.engine import Engine, SeqStatus, run_to_completion
 from tasks.contract.payloads import Message, SamplingParams
 from tests.conftest import SMOL, TINY_CHATML, TINY_LLAMA3, TINY_MISTRAL
+from tests.generation import Generation
 from tests.test_families import load
 
 PROMPTS = ["Tell me about the sea.", "Hi", "Once upon a time there was a very long prompt " * 6,
@@ -15,7 +16,7 @@ PROMPTS = ["Tell me about the sea.", "Hi", "Once upon a time there was a very lo
 
 
 def alone(handler, ids, params, max_tokens):
-    gen = handler.generate(ids, params, max_tokens)
+    gen = Generation(handler, ids, params, max_tokens)
     text = "".join(gen)
     return text, list(gen.token_ids), gen.finish_reason
 
@@ -77,7 +78,7 @@ def test_abort_frees_the_row_at_the_next_step(tiny_models):
     assert gone.finish_reason == "cancelled" and any(o.seq is gone and o.finished for o in outs)
     assert engine.running == [keep] and engine.kv_tokens < before
     # Rows that left do not leave padding behind: the cache is exactly as wide as the longest row.
-    assert engine._mask.shape[1] == int(engine._lengths.max())
+    assert engine.kv.mask.shape[1] == int(engine.kv.lengths.max())
     run_to_completion(engine)
     assert keep.text == alone(h, ids, SamplingParams(temperature=0), 40)[0]
 
@@ -137,3 +138,100 @@ def test_prefix_cache_is_bounded_and_verified():
     cache.store(b, kv(10))          # 8 + 8 > 12 tokens: the older prompt goes
     assert cache.lookup(a + [5])[0] == 4 and cache._tokens <= 12
     assert cache.lookup([7, 7, 7, 7, 7])[0] == 0
+
+
+def test_sequence_status_follows_the_engine(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Hi")])
+    engine = Engine(h, max_batch=1)
+    first = engine.add("first", ids, SamplingParams(temperature=0, ignore_eos=True), 3)
+    second = engine.add("second", ids, SamplingParams(temperature=0), 3)
+    assert first.status is second.status is SeqStatus.WAITING
+    engine.step()
+    assert first.status is SeqStatus.RUNNING and second.status is SeqStatus.WAITING
+    engine.abort("second")
+    run_to_completion(engine)
+    assert first.status is second.status is SeqStatus.FINISHED
+    assert (first.finish_reason, second.finish_reason) == ("length", "cancelled") and not second.token_ids
+
+
+def test_waiting_sequences_are_admitted_by_priority_then_arrival(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Hi")])
+    engine = Engine(h, max_batch=1)
+    for seq_id, priority in (("b1", 1), ("i1", 0), ("x1", 2), ("i2", 0), ("b2", 1)):
+        engine.add(seq_id, ids, SamplingParams(temperature=0, ignore_eos=True), 2, priority=priority)
+    order = ["i1", "i2", "b1", "b2", "x1"]
+    assert [s.id for s in engine.waiting] == order
+    admitted = []
+    while engine.has_work():
+        engine.step()
+        admitted += [s.id for s in engine.running if s.id not in admitted]
+    assert admitted == order
+
+
+def _rows(engine):
+    return sorted(s.id[0] for s in engine.running)  # "i" interactive, "b" background
+
+
+def test_reserved_slots_keep_a_row_for_interactive(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    params = SamplingParams(temperature=0, ignore_eos=True)
+    engine = Engine(h, max_batch=4, reserved_slots=1)
+    for i in range(6):
+        engine.add(f"b{i}", ids, params, 30, priority=1)
+    engine.step()  # prefill: background work may hold 4 - 1 rows
+    assert _rows(engine) == ["b"] * 3 and len(engine.waiting) == 3
+    engine.step()  # a decode; the free row stays free
+    assert _rows(engine) == ["b"] * 3
+    engine.add("i0", ids, params, 30, priority=0)
+    engine.step()  # the next prefill: the interactive sequence gets the reserved row at once
+    assert _rows(engine) == ["b", "b", "b", "i"] and [s.id for s in engine.waiting] == ["b3", "b4", "b5"]
+
+
+def test_reserved_slots_leave_rows_to_bulk_work(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    params = SamplingParams(temperature=0, ignore_eos=True)
+    engine = Engine(h, max_batch=4, reserved_slots=1)
+    for i in range(6):
+        engine.add(f"i{i}", ids, params, 30, priority=0)
+    engine.add("b0", ids, params, 30, priority=2)
+    engine.add("b1", ids, params, 30, priority=1)
+    engine.step()  # interactive work holds at most 3 rows; the fourth goes to bulk work, priority 1 before 2
+    assert _rows(engine) == ["b", "i", "i", "i"] and "b1" in [s.id for s in engine.running]
+    assert [s.id for s in engine.waiting] == ["i3", "i4", "i5", "b0"]
+    without = Engine(h, max_batch=4)  # reserved_slots=0: strict priority order, as before
+    for seq in [*engine.running, *engine.waiting]:
+        without.add(seq.id, ids, params, 30, priority=seq.priority)
+    without.step()
+    assert _rows(without) == ["i"] * 4
+    with pytest.raises(ValueError, match="reserved_slots"):
+        Engine(h, max_batch=4, reserved_slots=4)
+
+
+def test_many_constrained_rows_are_masked_together_with_the_same_tokens(tiny_models, monkeypatch):
+    import handlers.constraints
+    from handlers.sampler import MASK_BATCH_FROM
+
+    batched_rows: list[int] = []
+    mask_batch = handlers.constraints.mask_batch
+    monkeypatch.setattr(handlers.constraints, "mask_batch",
+                        lambda logits, matchers: batched_rows.append(len(matchers)) or mask_batch(logits, matchers))
+    h = load(tiny_models, TINY_CHATML, dtype="float32")
+    grammar = h.compile_constraint({"type": "json_object"})
+    greedy = SamplingParams(temperature=0, constraint={"type": "json_object"})
+    prompts = [h.encode_chat([Message(role="user", content=p)]) for p in PROMPTS]
+    prompts = (prompts * 2)[:MASK_BATCH_FROM + 1]
+    engine = Engine(h, max_batch=len(prompts))
+    seqs = [engine.add(f"j{i}", ids, greedy, 12, grammar) for i, ids in enumerate(prompts)]
+    run_to_completion(engine)  # one batch: mask_batch
+    assert batched_rows and max(batched_rows) == len(prompts)
+    batched_rows.clear()
+    for seq, ids in zip(seqs, prompts):
+        single = Engine(h, max_batch=1)  # one row: Matcher.mask_logits
+        want = single.add("one", ids, greedy, 12, grammar)
+        run_to_completion(single)
+        assert seq.token_ids == want.token_ids and seq.finish_reason == want.finish_reason
+    assert not batched_rows

@@ -11,6 +11,7 @@ from handlers.registry import UnknownFamily, detect_family, family_by_name, hand
 from tasks.contract.errors import JobError
 from tasks.contract.payloads import LoadOptions, Message, SamplingParams
 from tests.conftest import MINILM, SMOL, TINY_BERT, TINY_CHATML, TINY_GENERIC, TINY_LLAMA3, TINY_MISTRAL
+from tests.generation import Generation
 
 CONVERSATION = [
     Message(role="system", content="Be brief."),
@@ -124,7 +125,7 @@ def test_greedy_generation_is_deterministic_and_bounded(tiny_models, model_id):
     ids = h.encode_chat(CONVERSATION[1:2])
     runs = []
     for _ in range(2):
-        gen = h.generate(ids, SamplingParams(temperature=0), 12)
+        gen = Generation(h, ids, SamplingParams(temperature=0), 12)
         text = "".join(gen)
         assert text == gen.text and gen.completion_tokens <= 12
         assert gen.finish_reason in ("stop", "length")
@@ -135,7 +136,7 @@ def test_greedy_generation_is_deterministic_and_bounded(tiny_models, model_id):
 def test_seeded_sampling_reproducible(tiny_models):
     h = load(tiny_models, TINY_CHATML)
     ids = h.encode_chat(CONVERSATION[1:2])
-    outs = [h.generate(ids, SamplingParams(temperature=1.0, seed=s), 16) for s in (7, 7, 8)]
+    outs = [Generation(h, ids, SamplingParams(temperature=1.0, seed=s), 16) for s in (7, 7, 8)]
     for g in outs:
         list(g)
     assert outs[0].token_ids == outs[1].token_ids != outs[2].token_ids
@@ -190,5 +191,5 @@ def test_gguf_folder_loads(tmp_path):
     h = load(tmp_path, "HuggingFaceTB/smollm2-gguf")
     assert h.family == "chatml"
     ids = h.encode_chat([Message(role="user", content="What is the capital of France? Answer in one sentence.")])
-    gen = h.generate(ids, SamplingParams(temperature=0), 20)
+    gen = Generation(h, ids, SamplingParams(temperature=0), 20)
     assert "Paris" in "".join(gen)

@@ -146,12 +146,18 @@ def test_reasoning_matcher_masks_a_batch_as_row_by_row(tiny_models):
     grammar = h.compile_constraint({"type": "json_schema", "schema": OK}, INSIDE)
     thinking, answering = grammar.matcher(), grammar.matcher()
     answering.accept(tok.convert_tokens_to_ids("</think>"))
-    logits = torch.randn(3, vocab)
+    call = h.tool_plan([{"name": "f", "parameters": OK}], {"name": "f"}).constraint
+    leading = h.compile_constraint(call, INSIDE).matcher()  # forced opener "…f\n```json\n": a newline next
+    leading.accept(tok.convert_tokens_to_ids("</think>"))
+    while "\n" not in tok.decode(list(allowed(leading, vocab))[:1]):
+        leading.accept(next(iter(allowed(leading, vocab))))
+    logits = torch.randn(4, vocab)
     rows = logits.clone()
-    for i, m in ((0, thinking), (2, answering)):
+    for i, m in ((0, thinking), (2, answering), (3, leading)):
         m.mask_logits(rows[i])
-    mask_batch(logits, [thinking, None, answering])
+    mask_batch(logits, [thinking, None, answering, leading])
     assert torch.equal(torch.isfinite(logits), torch.isfinite(rows))
+    assert torch.isfinite(logits[3]).sum() == 1  # the newline of the opener, not banned as a control byte
 
 
 # --- the engine on the scripted models ------------------------------------------------------------------
@@ -194,6 +200,21 @@ def test_thinking_off_answers_at_once(tiny_models):
         assert h.render_chat(ASK, None, kwargs).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
         reasoning, answer, _, _ = generate(h, ASK, template_kwargs=kwargs)
         assert (reasoning, answer) == (None, "Goodbye!")
+
+
+def test_a_batch_of_constrained_thinkers_masks_together(tiny_models):
+    """Eight rows and more are masked in one kernel call (handlers/sampler.py): same answers."""
+    h = load(tiny_models, TINY_DEEPSEEK)
+    ids = h.encode_chat(ASK)
+    plan, constraint = h.reasoning_plan(ids), {"type": "json_schema", "schema": OK}
+    engine = Engine(h, max_batch=8)
+    params = SamplingParams(temperature=0, max_tokens=40, constraint=constraint)
+    seqs = [engine.add(f"r{i}", ids, params, 40, h.compile_constraint(constraint, plan)) for i in range(8)]
+    run_to_completion(engine)
+    splits = {plan.split(seq.text) for seq in seqs}
+    assert len(splits) == 1 and all(seq.finish_reason == "stop" for seq in seqs)
+    [(thought, answer)] = splits
+    assert thought == "The user says goodbye" and jsonschema.validate(json.loads(answer), OK) is None
 
 
 @pytest.mark.parametrize("model_id", [TINY_DEEPSEEK, TINY_QWEN3])

@@ -25,7 +25,7 @@ async def ready(gw: GatewayDep) -> JSONResponse:
     return JSONResponse({"status": "ready" if ok else "not_ready", **info}, status_code=200 if ok else 503)
 
 
-_NOT_HERE = ("audio", "files", "fine_tuning")
+_NOT_HERE = ("audio", "fine_tuning")
 
 
 def _not_implemented(area: str) -> Any:

@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 
 from tasks.contract.errors import JobError
 
-from ..deps import GatewayDep
+from ..deps import BatchesDep, GatewayDep
 from .assets import ASSET_PREFIX, MEDIA_TYPES, PAGE_PATH, asset_files
 from .status import StatusResponse, fleet_status
 
@@ -40,5 +40,5 @@ async def asset(name: str) -> FileResponse:
 
 
 @router.get("/v1/status", tags=["status"])
-async def status(gw: GatewayDep) -> StatusResponse:
-    return await fleet_status(gw)
+async def status(gw: GatewayDep, batches: BatchesDep) -> StatusResponse:
+    return await fleet_status(gw, batches)

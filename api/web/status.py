@@ -1,15 +1,16 @@
 """``GET /v1/status``: the fleet at a glance for the page's status view, from the gateway's own calls.
 
 Each queue entry has its depth per priority class (``classes``: interactive / background /
-batch → jobs); the top level can gain a ``batches`` list without changing what is here. Token totals are cumulative; the page turns the deltas between two
-polls into tokens/s, so the server keeps no history.
+batch → jobs); ``batches`` lists the active batches and the last few finished ones with their
+``request_counts``. Token totals are cumulative; the page turns the deltas between two polls into
+tokens/s, so the server keeps no history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Optional
 
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +19,7 @@ from tasks.contract.catalog import list_models
 from tasks.queue.presence import queue_depths
 
 if TYPE_CHECKING:
+    from ..batches.service import Batches
     from ..gateway import Gateway
 
 
@@ -51,12 +53,30 @@ class TokenTotals(BaseModel):
     prompt: dict[str, float]
 
 
+class BatchCounts(BaseModel):
+    total: int
+    completed: int
+    failed: int
+
+
+class BatchStatus(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    id: str
+    status: str = Field(description="validating | in_progress | finalizing | completed | failed | expired | "
+                                    "cancelling | cancelled")
+    endpoint: str
+    model: Optional[str] = Field(description="the model of its lines when they name one only")
+    created_at: int
+    request_counts: BatchCounts
+
+
 class StatusResponse(BaseModel):
     object: Literal["status"] = "status"
     time: float = Field(description="server time (Unix seconds) of this reading")
     workers: list[WorkerStatus]
     queues: list[QueueStatus]
     tokens: TokenTotals
+    batches: list[BatchStatus] = Field(description="active batches, then the last few finished, newest first")
 
 
 def _per_model(counter: Counter) -> dict[str, float]:
@@ -64,7 +84,7 @@ def _per_model(counter: Counter) -> dict[str, float]:
             if s.name.endswith("_total")}
 
 
-async def fleet_status(gw: "Gateway") -> StatusResponse:
+async def fleet_status(gw: "Gateway", batches: "Batches") -> StatusResponse:
     workers = await gw.workers(fresh=True)
     catalog = await asyncio.to_thread(list_models, gw.settings.models_dir)
     models = sorted({m.id for m in catalog} | {w.model for w in workers if w.model})
@@ -78,4 +98,5 @@ async def fleet_status(gw: "Gateway") -> StatusResponse:
                 for m in models if m in served or any(depths[m].values())],
         tokens=TokenTotals(generated=_per_model(gw.metrics.generation_tokens),
                            prompt=_per_model(gw.metrics.prompt_tokens)),
+        batches=[BatchStatus.model_validate(b) for b in await batches.recent()],
     )

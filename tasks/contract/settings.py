@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     max_queue_depth: int = Field(256, ge=0, description="jobs waiting in one model's queue before 429; 0 = unlimited")
 
+    # --- files and batches (/v1/files, /v1/batches) ---
+    max_file_bytes: int = Field(200 * 1024 * 1024, gt=0, description="largest upload to /v1/files (413 above)")
+    batch_max_lines: int = Field(50_000, ge=1, description="lines one batch input file may hold")
+    batch_window_seconds: int = Field(86_400, ge=1, description="what completion_window `24h` gives a batch "
+                                      "before it expires")
+    batch_lines_per_worker: int = Field(64, ge=1, description="lines of one batch in flight per ready worker of "
+                                        "their model (about 2 x max_batch keeps the worker's batch full)")
+    batch_runner: bool = Field(True, description="this API process also drives batches (each by one process, "
+                                                 "under a lease)")
+    batch_lease_seconds: float = Field(10.0, ge=1.0, description="how soon another API process takes over the "
+                                       "batches of one that died")
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _string_list(cls, v: Any) -> Any:

@@ -142,7 +142,7 @@ class JobClient:
 
     async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool,
                      ttl: int | None = None) -> "JobWatch | None":
-        """Record the job (for ``ttl`` seconds, when not the default), open its event queue (when
+        """Record the job (kept ``ttl`` seconds when given, else the setting's), open its event queue (when
         ``watch``), then enqueue it."""
         job_id, model = job.job_id, job.model
         watcher: JobWatch[Any] | None = None

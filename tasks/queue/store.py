@@ -31,8 +31,9 @@ class JobStore:
     async def create(self, job_id: str, endpoint: str, model: str, meta: dict[str, Any], *,
                      task: str, queue: str, klass: str, payload: str, ttl: int | None = None) -> float:
         """Record a queued job with what it takes to deliver it again (task, queue, payload) should
-        its worker die before anyone saw its output. ``ttl``: other than the default (a background
-        response's job lives as long as the stored response)."""
+        its worker die before anyone saw its output. ``ttl`` replaces the setting's (a background
+        response's job lives as long as its stored response; a batch line may wait as long as its
+        batch's window)."""
         created = time.time()
         key = job_key(job_id)
         ttl = ttl or self._ttl
@@ -45,6 +46,14 @@ class JobStore:
             p.expire(key, ttl)
             await p.execute()
         return created
+
+    async def statuses(self, job_ids: list[str]) -> list[str | None]:
+        """The status of each job (None when its record is gone), in one round trip."""
+        async with self._r.pipeline(transaction=False) as p:
+            for job_id in job_ids:
+                p.hget(job_key(job_id), "status")
+            raw = await p.execute()
+        return [s.decode() if isinstance(s, bytes) else s for s in raw]
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         raw = await self._r.hgetall(job_key(job_id))

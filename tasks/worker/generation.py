@@ -114,7 +114,7 @@ def collect(job: GenerateJob, plan: Prepared, waiters: list[SeqWaiter]) -> Gener
             finish_reason=finish,
             tool_calls=calls or None, prompt_tokens=len(seq.prompt_ids), completion_tokens=len(seq.token_ids),
             logprobs=seq.logprobs, prompt_logprobs=seq.prompt_logprobs if echo else None,
-            stop_sequence=seq.stops.matched if seq.stops else None, reasoning=reasoning,
+            stop_sequence=seq.stop_sequence, reasoning=reasoning,
             reasoning_tokens=plan.reasoning.count_tokens(seq.token_ids, plan.handler.decode)
             if plan.reasoning and reasoning is not None else 0))
     return GenerateResult(outputs=outputs, n=job.n)

@@ -127,4 +127,11 @@ function render(status) {
       cell(c.batch ?? 0, "num"));
     return tr;
   }));
+  $("batches").tBodies[0].replaceChildren(...(status.batches || []).map((b) => {
+    const tr = document.createElement("tr");
+    const n = b.request_counts;
+    tr.append(cell(b.id), cell(b.status, `state ${b.status}`), cell(b.endpoint), cell(b.model || "—"),
+      cell(n.completed + n.failed, "num"), cell(n.failed, "num"), cell(n.total, "num"));
+    return tr;
+  }));
 }

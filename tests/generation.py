@@ -1,25 +1,19 @@
-"""One sequence generated alone, in-process (tests, benchmarks): the same engine as the worker's
-batches, with a batch of one."""
+"""One sequence generated alone, in-process (tests): iterate it for text deltas, then read how it
+ended. It runs on the same engine as the worker's batches, with a batch of one."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
+from handlers.engine import Engine
 from tasks.contract.payloads import SamplingParams
-
-from .engine import Engine
-
-if TYPE_CHECKING:
-    from .base import ChatHandler
 
 
 class Generation:
-    """Iterate it for text deltas, then read how it ended."""
-
-    def __init__(self, handler: "ChatHandler", prompt_ids: list[int], params: SamplingParams, max_tokens: int,
-                 is_cancelled: Callable[[], bool], grammar: object = None) -> None:
+    def __init__(self, handler, prompt_ids: Sequence[int], params: SamplingParams, max_tokens: int,
+                 is_cancelled: Callable[[], bool] = lambda: False) -> None:
         self._engine = Engine(handler, max_batch=1)
-        self._seq = self._engine.add("single", prompt_ids, params, max_tokens, grammar)
+        self._seq = self._engine.add("single", list(prompt_ids), params, max_tokens)
         self.is_cancelled = is_cancelled
 
     @property

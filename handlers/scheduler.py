@@ -1,0 +1,109 @@
+"""Which sequences run next: the waiting queue and the admission policy of the engine.
+
+Each step is a prefill of the sequences :meth:`Scheduler.schedule` admits, or, when it admits none,
+a decode of the running batch. Admission takes waiting sequences in (priority, arrival) order while
+they fit:
+
+* the batch holds at most ``max_batch`` rows, and the KV cache at most ``max_batch_tokens`` tokens
+  (a lone sequence is always admitted, however long);
+* one prefill takes at most ``max_prefill_tokens`` prompt tokens (the rest go in the next one), and a
+  sequence that asks for its prompt's logprobs is prefilled alone (it needs logits at every position);
+* never two prefills in a row while sequences are running: a burst of arrivals cannot starve the
+  running streams, and a new arrival still gets its first token after at most one decode;
+* with ``reserved_slots`` > 0, interactive sequences (priority 0) hold at most ``max_batch -
+  reserved_slots`` rows, and so do the lower classes (priority ≥ 1) together. A batch full of
+  background work thus always has a row for the next interactive request (no preemption needed),
+  and a saturated interactive load still leaves ``reserved_slots`` rows to bulk work.
+
+A sequence that does not fit stops admission for this step (it keeps its place: long prompts are
+not overtaken forever), except one whose class holds all the rows it may: the next class can use
+a free row.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .sequence import INTERACTIVE, Sequence
+
+
+def _row_class(seq: Sequence) -> int:
+    """0: interactive, 1: every lower priority (they share one row cap)."""
+    return 0 if seq.priority == INTERACTIVE else 1
+
+
+class Scheduler:
+    def __init__(self, max_batch: int, max_batch_tokens: int, max_prefill_tokens: int,
+                 reserved_slots: int = 0) -> None:
+        self.max_batch = max(1, max_batch)
+        if not 0 <= reserved_slots < self.max_batch:
+            raise ValueError(f"reserved_slots must be at least 0 and below max_batch ({self.max_batch}), "
+                             f"got {reserved_slots}")
+        self.max_batch_tokens = max_batch_tokens
+        self.max_prefill_tokens = max_prefill_tokens
+        self.class_rows = self.max_batch - reserved_slots  # the most rows one row class may hold
+        self.running: list[Sequence] = []  # row i of the batch ↔ running[i]
+        self._queues: dict[int, deque[Sequence]] = {}  # priority → waiting sequences, oldest first
+        self._prefilled_last = False
+
+    @property
+    def waiting(self) -> list[Sequence]:
+        """Waiting sequences in admission order."""
+        return [seq for priority in sorted(self._queues) for seq in self._queues[priority]]
+
+    def add(self, seq: Sequence) -> None:
+        self._queues.setdefault(seq.priority, deque()).append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.running) or any(self._queues.values())
+
+    def schedule(self, kv_tokens: int) -> list[Sequence]:
+        """The sequences to prefill now, marked running; empty: decode the running batch."""
+        admitted = [] if (self._prefilled_last and self.running) else self._admit(kv_tokens)
+        self._prefilled_last = bool(admitted)
+        for seq in admitted:
+            self._queues[seq.priority].remove(seq)
+            seq.start()
+        return admitted
+
+    def _admit(self, kv_tokens: int) -> list[Sequence]:
+        admitted: list[Sequence] = []
+        rows = [0, 0]  # per row class, running and admitted
+        for seq in self.running:
+            rows[_row_class(seq)] += 1
+        tokens, chunk = kv_tokens, 0
+        for seq in self.waiting:
+            if len(self.running) + len(admitted) >= self.max_batch:
+                break
+            cls = _row_class(seq)
+            if rows[cls] >= self.class_rows:
+                continue  # its class is at its cap; a sequence of the other class may still fit
+            need = len(seq.prompt_ids)
+            if seq.params.prompt_logprobs is not None:
+                if not admitted:  # it needs logits at every prompt position: prefilled alone
+                    admitted.append(seq)
+                break
+            if admitted and chunk + need > self.max_prefill_tokens:
+                break  # the rest go in the next prefill
+            if (self.running or admitted) and tokens + need > self.max_batch_tokens:
+                break  # wait for room; a lone sequence is always admitted
+            admitted.append(seq)
+            rows[cls] += 1
+            tokens += need
+            chunk += need
+        return admitted
+
+    def join(self, seqs: list[Sequence]) -> None:
+        """Prefilled sequences take the next rows of the batch."""
+        self.running += seqs
+
+    def keep(self, rows: list[int]) -> None:
+        """Only rows ``rows`` of the batch go on, in that order."""
+        self.running = [self.running[i] for i in rows]
+
+    def drop_cancelled(self) -> list[Sequence]:
+        """Remove the cancelled waiting sequences; return them."""
+        gone = [seq for seq in self.waiting if seq.cancelling]
+        for seq in gone:
+            self._queues[seq.priority].remove(seq)
+        return gone

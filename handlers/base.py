@@ -2,8 +2,9 @@
 
 :class:`ChatHandler` is complete for any causal LM whose tokenizer carries a chat template; a model
 family (``handlers/chatml.py``, ``llama3.py``, …) subclasses it only for what differs: a built-in
-template for folders that lack one, extra stop tokens, message rules. The worker talks to handlers
-in token ids and native types; JSON and HTTP stay in the front.
+template for folders that lack one, extra stop tokens, message rules, its tool-call format, how it
+marks a thought (``reasoning_tags``; see ``reasoning.py``). The worker talks to handlers in token ids
+and native types; JSON and HTTP stay in the front.
 """
 
 from __future__ import annotations

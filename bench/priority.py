@@ -25,14 +25,14 @@ async def ttft(client: httpx.AsyncClient) -> float:
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "What is the capital of France?"}],
             "temperature": 0, "max_tokens": 8, "stream": True}
     start = time.perf_counter()
+    first = None
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        async for line in r.aiter_lines():
-            if line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
+        async for line in r.aiter_lines():  # read to the end: the stream must finish
+            if first is None and line.startswith("data: ") and '"content":"' in line and '"content":""' not in line:
                 first = time.perf_counter() - start
-                async for _ in r.aiter_lines():
-                    pass
-                return first
-    raise RuntimeError("no token")
+    if first is None:
+        raise RuntimeError("no token")
+    return first
 
 
 async def measure(url: str, backlog: int, probes: int, max_tokens: int) -> dict[str, float]:

@@ -205,3 +205,33 @@ def test_interactive_jobs_start_before_a_background_backlog(tmp_path, stack):
     for job_id in ids:
         httpx.delete(f"{stack.base_url}/v1/jobs/{job_id}", timeout=10)
     proc.terminate()
+
+
+def test_a_job_recorded_but_never_sent_is_sent_by_a_reaper(stack):
+    """The API died between writing a job's record and sending its message (here: the record is
+    written exactly as the front writes it, and no message is sent): a worker's reaper finds it in
+    the outbox and sends it, and the job succeeds once."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from tasks.contract.payloads import TASK_GENERATE, GenerateJob, SamplingParams
+    from tasks.contract.records import OUTBOX, queue_name
+    from tasks.queue.store import JobStore
+
+    job = GenerateJob(job_id="job-orphan-1", model=TINY_CHATML, prompts=["once"], deadline=time.time() + 120,
+                      klass="background", sampling=SamplingParams(max_tokens=5, temperature=0))
+
+    async def record() -> None:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        await JobStore(client, 600).create(job.job_id, "/v1/completions", job.model, {}, task=TASK_GENERATE,
+                                           queue=queue_name(job.model, "background"), klass="background",
+                                           payload=json.dumps(job.model_dump(mode="json")))
+        await client.aclose()
+
+    asyncio.run(record())
+    r = stack.redis
+    assert r.zscore(OUTBOX, job.job_id) is not None
+    rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job.job_id])[0]),
+                     60, "the orphaned job to be sent and run")
+    assert rec["attempts"] == "1" and r.zscore(OUTBOX, job.job_id) is None

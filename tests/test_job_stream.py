@@ -132,3 +132,41 @@ def test_chat_sse_error_after_the_200_then_done():
     sub = watched(Client(), Metrics(), [Event(type="delta", text="a"), Event(type="error", error=err.to_dict())])
     out = asyncio.run(frames(sub, StreamShape("chat.completion.chunk", chat=True, include_usage=False)))
     assert json.loads(out[-2][6:]) == err.envelope() and out[-1] == "data: [DONE]\n\n"
+
+
+def test_a_redis_blip_while_the_channel_is_quiet_keeps_the_stream_alive(monkeypatch):
+    """Redis unreachable when the watcher looks at the record: it keeps waiting (bounded by the
+    deadline) and the stream still ends with its result, one finish_reason and [DONE]."""
+    import redis
+
+    import tasks.queue.client as client_module
+
+    monkeypatch.setattr(client_module, "POLL_SECONDS", 0.05)
+    client, metrics = Client(), Metrics()
+    looked = []
+
+    async def unreachable(job_id: str) -> None:
+        looked.append(job_id)
+        raise redis.ConnectionError("Redis restarting")
+
+    client.store.get = unreachable  # type: ignore[method-assign]
+    sub = watched(client, metrics, [Event(type="started", job=JOB)])
+
+    async def run() -> list[str]:
+        await sub.watch.started()
+        out = []
+
+        async def later() -> None:
+            await asyncio.sleep(0.3)  # several quiet polls fail first
+            client.hub.open(JOB).put_nowait(Event(type="done", job=JOB, result=result(["hi"])))
+
+        feeder = asyncio.ensure_future(later())
+        async for frame in stream_events(sub, StreamShape("chat.completion.chunk", chat=True, include_usage=False)):
+            out += [line[6:] for line in frame.decode().splitlines() if line.startswith("data: ")]
+        await feeder
+        return out
+
+    frames = asyncio.run(run())
+    assert len(looked) >= 2 and frames[-1] == "[DONE]"
+    finishes = [c["choices"][0]["finish_reason"] for c in map(json.loads, frames[:-1]) if c["choices"]]
+    assert finishes.count("length") == 1

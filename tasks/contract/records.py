@@ -22,6 +22,12 @@ WORKER_PATTERN = "llmhost:worker:*"
 # jobs it has taken and not yet ended: what must be delivered again if it dies.
 WORKER_NAMES = "llmhost:workers"
 HELD_KEY = "llmhost:held:{}"
+# Jobs whose record says `queued` but whose message may not have been sent yet (the front or a
+# reaper died, or Redis failed, between writing the record and sending): job id → when. Removed
+# once the message is sent; the reapers resend what stays here too long (a duplicate message is
+# harmless: a job is only started from `queued`).
+OUTBOX = "llmhost:outbox"
+OUTBOX_GRACE_SECONDS = 10.0
 # A job's kept events (JobBase.events_ttl): a Redis Stream its worker writes, one entry per sequence
 # and step: `a` the attempt (the job's `attempts` once claimed), `e` a delta Event's JSON, `end` when
 # the sequence ended. Bounded; it expires with the job.
@@ -88,6 +94,9 @@ local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur or (cur ~= 'queued' and cur ~= 'running') then return 'gone' end
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 'gone' end
 redis.call('HDEL', KEYS[1], 'worker')
+if cur == 'queued' then
+  redis.call('ZADD', 'llmhost:outbox', ARGV[5], string.sub(KEYS[1], 13))
+end
 if cur == 'running' then
   if redis.call('HGET', KEYS[1], 'streamed') == '1' then
     redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[3], 'finished_at', ARGV[5])
@@ -98,6 +107,7 @@ if cur == 'running' then
     return 'poison'
   end
   redis.call('HSET', KEYS[1], 'status', 'queued', 'requeued_at', ARGV[5])
+  redis.call('ZADD', 'llmhost:outbox', ARGV[5], string.sub(KEYS[1], 13))
   redis.call('HDEL', KEYS[1], 'started_at')
 end
 return 'requeue'

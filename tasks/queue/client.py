@@ -20,6 +20,7 @@ import time
 import uuid
 from typing import Any, Generic, cast
 
+import redis
 import redis.asyncio as aioredis
 from celery import Celery
 from pydantic import ValidationError
@@ -48,6 +49,25 @@ log = logging.getLogger("llmhost.client")
 POLL_SECONDS = 1.0
 _BACKGROUND: set[asyncio.Task] = set()  # cleanup tasks must not be garbage-collected mid-flight
 PRESENCE_CACHE_SECONDS = 0.5
+
+
+def cancel_soon(client: "JobClient", job_id: str, reason: str, attempts: int = 5) -> None:
+    """Cancel a job from a task of its own (the caller may be inside a cancelled scope), retried
+    with back-off while Redis is unreachable, so a client that left never keeps a worker busy."""
+    async def run() -> None:
+        for attempt in range(attempts):
+            try:
+                await client.cancel(job_id, reason)
+                return
+            except Exception as e:  # noqa: BLE001 - Redis away: retry, then say so
+                if attempt == attempts - 1:
+                    log.warning("job %s could not be cancelled (%s); its deadline still ends it", job_id, e)
+                    return
+                await asyncio.sleep(0.5 * 2 ** attempt)
+
+    task = asyncio.ensure_future(run())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 def new_job_id(prefix: str = "job") -> str:
@@ -155,15 +175,14 @@ class JobClient:
             await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=job.klass,
                                     payload=json.dumps(payload), ttl=ttl)
             await asyncio.to_thread(send_job, self.celery, task, payload, job_id, queue)
+            await self.store.sent(job_id)
         except BaseException:
             # Interrupted (the client left, Redis failed) once the record may exist: the job must
             # still end in a final state, and a message already on its way must not run (cancelling
             # an unknown job is a no-op). As its own task: we may be inside a cancelled scope.
             if watcher:
                 await watcher.close()
-            task_ = asyncio.ensure_future(self.cancel(job_id, "the request ended before the job was queued"))
-            _BACKGROUND.add(task_)
-            task_.add_done_callback(_BACKGROUND.discard)
+            cancel_soon(self, job_id, "the request ended before the job was queued")
             raise
         return watcher
 
@@ -194,6 +213,7 @@ class JobClient:
             if outcome == "requeue" and rec.get("payload"):
                 await asyncio.to_thread(send_job, self.celery, rec["task"], json.loads(rec["payload"]), job_id,
                                         rec["queue"])
+                await self.store.sent(job_id)
             return await self.store.get(job_id) or rec
         if (rec["status"] == "queued" and rec.get("class", "interactive") == "interactive"
                 and not await self.model_has_worker(rec.get("model", ""))):
@@ -242,9 +262,7 @@ class JobWatch(Generic[R]):
         # cancelled anyio scope (sse-starlette on disconnect), where any await here would be
         # cancelled again before Redis heard of it.
         if not self.finished:
-            task = asyncio.ensure_future(self.client.cancel(self.job_id, "the client stopped waiting"))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            cancel_soon(self.client, self.job_id, "the client stopped waiting")
         await self.close()
 
     def __aiter__(self) -> "JobWatch[R]":
@@ -329,11 +347,17 @@ class JobWatch(Generic[R]):
             return Failed(server_error("The worker returned a result the API cannot read."))
 
     async def _from_record(self) -> Event | None:
-        """When the channel is quiet: has the job ended (or its worker gone) meanwhile?"""
-        rec = await self.client.store.get(self.job_id)
+        """When the channel is quiet: has the job ended (or its worker gone) meanwhile? Redis
+        unreachable: keep waiting (the deadline still bounds it; the hub resubscribes)."""
+        try:
+            rec = await self.client.store.get(self.job_id)
+            if rec is not None:
+                rec = await self.client.reconcile(self.job_id, rec)
+        except redis.RedisError as e:
+            log.warning("job %s: its record cannot be read now (%s); waiting", self.job_id, e)
+            return None
         if rec is None:
             return Event(type="error", error=JobError("The job record expired.", status_code=500, type="server_error").to_dict())
-        rec = await self.client.reconcile(self.job_id, rec)
         if rec["status"] == "succeeded":
             return Event(type="done", result=rec.get("result"))
         if rec["status"] in FINAL_STATUSES:

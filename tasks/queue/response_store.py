@@ -39,7 +39,9 @@ class ResponseStore:
         if count > self.limit:
             oldest: Any = await self._r.zpopmin(RESPONSE_INDEX, count - self.limit)
             if oldest:
-                await self._r.delete(*(response_key(rid.decode()) for rid, _ in oldest))
+                # A background response's job id is its response id: its kept events go with it.
+                ids = [rid.decode() for rid, _ in oldest]
+                await self._r.delete(*(response_key(i) for i in ids), *(events_key(i) for i in ids))
 
     async def update(self, response_id: str, doc: dict[str, Any]) -> bool:
         """Rewrite a stored response, keeping its expiry; False (and nothing stored) when it was

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from tasks.contract.records import (
     HELD_KEY,
+    OUTBOX,
     REAP_LUA,
     TRANSITION_LUA,
     decode_record,
@@ -44,6 +45,7 @@ class JobStore:
                 "task": task, "queue": queue, "class": klass, "payload": payload, "attempts": 0,
             })
             p.expire(key, ttl)
+            p.zadd(OUTBOX, {job_id: created})  # until its message is sent (JobStore.sent)
             await p.execute()
         return created
 
@@ -70,3 +72,7 @@ class JobStore:
         res = await self._reap(keys=[job_key(job_id), HELD_KEY.format(dead_worker)],
                                args=reap_args(dead_worker, max_attempts))
         return res.decode() if isinstance(res, bytes) else res
+
+    async def sent(self, job_id: str) -> None:
+        """Its message is on its queue: nothing left for the reapers to resend."""
+        await self._r.zrem(OUTBOX, job_id)

@@ -8,6 +8,7 @@ import redis
 
 from tasks.contract.records import (
     HELD_KEY,
+    OUTBOX,
     REAP_LUA,
     RESERVE_LUA,
     TRANSITION_LUA,
@@ -58,3 +59,21 @@ class WorkerJobs:
             return outcome, None
         raw = self._r.hgetall(job_key(job_id))
         return outcome, decode_record(raw) if raw else None
+
+    def sent(self, job_id: str) -> None:
+        self._r.zrem(OUTBOX, job_id)
+
+    def unsent(self, before: float, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+        """Outbox jobs older than ``before`` that still wait for their message (queued, taken by
+        nobody), with their records; the others leave the outbox."""
+        found: list[Any] = self._r.zrangebyscore(OUTBOX, 0, before, start=0, num=limit)
+        stale = [j.decode() if isinstance(j, bytes) else str(j) for j in found]
+        out = []
+        for job_id in stale:
+            raw = self._r.hgetall(job_key(job_id))
+            rec = decode_record(raw) if raw else None
+            if rec and rec.get("status") == "queued" and not rec.get("worker"):
+                out.append((job_id, rec))
+            else:
+                self.sent(job_id)
+        return out

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import socket
+import uuid
 
 from tasks.contract.catalog import resolve
 from tasks.contract.celery_app import create_celery
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.worker.reaper import Reaper
     from tasks.worker.runtime import WorkerRuntime
 
-    name = f"{args.model.replace('/', '--')}-{os.getpid()}@{socket.gethostname()}"
+    # Unique per start: a restarted container has the same host name and pid 1, and a worker must
+    # never inherit its dead predecessor's name (the reapers would take the dead one for alive).
+    name = f"{args.model.replace('/', '--')}-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     app = create_celery(settings)
     try:
         runtime = WorkerRuntime(settings, args.model, folder, name)

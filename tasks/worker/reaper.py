@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 import redis
 from celery import Celery
 
 from tasks.contract.celery_app import send_job
-from tasks.contract.records import HELD_KEY, WORKER_KEY, WORKER_NAMES
+from tasks.contract.records import HELD_KEY, OUTBOX_GRACE_SECONDS, WORKER_KEY, WORKER_NAMES
 from tasks.worker.jobs import WorkerJobs
 
 log = logging.getLogger("llmhost.reaper")
@@ -68,17 +69,27 @@ class Reaper:
         return [n for n, up in zip(names, alive) if not up]
 
     def sweep(self) -> dict[str, int]:
-        """One pass over every dead worker's held jobs; returns how many ended each way."""
+        """One pass over every dead worker's held jobs, then over the outbox; returns how many
+        ended each way ('resent': an outbox job whose message had not been sent)."""
         counts: dict[str, int] = {}
         for dead in self.dead_workers():
             for raw in self._r.smembers(HELD_KEY.format(dead)):
                 job_id = raw.decode() if isinstance(raw, bytes) else raw
                 outcome, rec = self._jobs.reap(job_id, dead, self._max_attempts)
-                if outcome == "requeue" and rec and rec.get("payload"):
-                    send_job(self._celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
+                if outcome == "requeue" and rec:
+                    self._send(job_id, rec)
                 counts[outcome] = counts.get(outcome, 0) + 1
                 if outcome != "gone":
                     log.warning("job %s of dead worker %s: %s", job_id, dead, outcome, extra={"job_id": job_id})
             # Its held set is empty now (a job it got meanwhile would be in a live worker's set).
             self._r.srem(WORKER_NAMES, dead)
+        for job_id, rec in self._jobs.unsent(time.time() - OUTBOX_GRACE_SECONDS):
+            self._send(job_id, rec)
+            counts["resent"] = counts.get("resent", 0) + 1
+            log.warning("job %s was recorded but its message not sent; sent now", job_id, extra={"job_id": job_id})
         return counts
+
+    def _send(self, job_id: str, rec: dict) -> None:
+        if rec.get("payload"):
+            send_job(self._celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
+        self._jobs.sent(job_id)

@@ -112,17 +112,22 @@ class WorkerRuntime:
 
     # --- job plumbing ------------------------------------------------------------------------
 
-    def _begin(self, job_id: str, deadline: float) -> bool:
-        """Claim a queued job. False when it was cancelled or expired before we got to it."""
-        if time.time() > deadline:
-            self.jobs.move(job_id, "failed", error=JobError(
-                "The job waited in the queue past its deadline and was not run.", status_code=504,
-                type="timeout_error", code="request_timeout").to_dict(), finished_at=time.time())
-            return False
-        moved = self.jobs.move(job_id, "running", worker=self.name, started_at=time.time())
+    def _begin(self, job: JobBase) -> bool:
+        """Claim a queued job, then check it is still worth running here. False when it was not
+        ours to run (cancelled, ended, or a copy of a job another worker runs) or when we ended it:
+        only a job this worker claimed is ever failed by it, never a copy running elsewhere."""
+        moved = self.jobs.move(job.job_id, "running", worker=self.name, started_at=time.time())
         if moved != "ok":
-            log.info("job %s skipped: %s", job_id, moved or "unknown job")
-        return moved == "ok"
+            log.info("job %s skipped: %s", job.job_id, moved or "unknown job")
+            return False
+        if time.time() > job.deadline:
+            self._fail(job, JobError("The job waited in the queue past its deadline and was not run.",
+                                     status_code=504, type="timeout_error", code="request_timeout"))
+            return False
+        if job.model != self.model_id:  # taken before this worker moved to another model
+            self._fail(job, moved_error(job.model))
+            return False
+        return True
 
     @staticmethod
     def _reply(job: JobBase, event: Event) -> tuple[str, str] | None:
@@ -160,10 +165,7 @@ class WorkerRuntime:
 
     def _run(self, job: JobBase, body: Callable[[], dict | None]) -> None:
         job_id = job.job_id
-        if job.model != self.model_id:  # taken before this worker moved to another model
-            self._fail(job, moved_error(job.model))
-            return
-        if not self._begin(job_id, job.deadline):
+        if not self._begin(job):
             return
         try:
             result = body()

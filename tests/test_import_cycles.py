@@ -76,3 +76,19 @@ def test_no_cycle_between_folders():
             if dst != src and not dst.startswith(src + ".") and not src.startswith(dst + "."):
                 edges.setdefault(src, set()).add(dst)
     assert _cycles(edges) == []
+
+
+def test_no_production_function_over_60_lines():
+    """Functions that do one thing: none in api/, tasks/, handlers/ is longer than 60 lines."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    long = []
+    for pkg in PACKAGES:
+        for path in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None:
+                    if node.end_lineno - node.lineno + 1 > 60:
+                        long.append(f"{path.relative_to(root)}:{node.lineno} {node.name}")
+    assert long == []

@@ -4,14 +4,21 @@ that outlives a SIGKILLed worker, a SIGKILLed API process and a SIGKILLed Redis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 
 import openai
 import pytest
 import redis as redis_lib
+import redis.asyncio as aioredis
 
 from api.batches.validation import InputCheck
+from tasks.contract.celery_app import create_celery
+from tasks.contract.payloads import GenerateJob
+from tasks.contract.settings import Settings
+from tasks.queue.client import JobClient
 from tasks.supervisor.redis_server import RedisServer
 from tests.conftest import MINILM, TINY_CHATML, TINY_GENERIC, TINY_MISTRAL, Stack
 from tests.test_e2e_durability import wait_until
@@ -248,3 +255,30 @@ def test_batch_outlives_killed_worker_api_and_redis(stack, tmp_path):
         worker.terminate()
         server.stop()
 
+
+
+def test_a_queued_job_whose_message_was_lost_is_sent_again(stack):
+    """Redis restarted after a worker popped a message but before its reservation was written: the
+    job is queued, nobody holds it and its queue is empty. Its line's job is sent again (once per
+    wait), and a job some worker took is left alone."""
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        r = aioredis.Redis.from_url(stack.redis_url)
+        jobs = JobClient(r, create_celery(Settings(redis_url=stack.redis_url)), 600)
+        job = GenerateJob(job_id=f"cmpl-lost-{time.time_ns()}", model="acme/nobody-serves", prompts=["x"],
+                          deadline=time.time() + 600, klass="batch")
+        await jobs.submit("llmhost.generate", job, endpoint="/v1/completions", meta={}, watch=False)
+        queue = "llmhost.model.acme/nobody-serves.batch"
+        await r.delete(queue)  # the message is gone
+        rec = await jobs.store.get(job.job_id)
+        assert rec is not None
+        too_soon = await jobs.redeliver_if_lost(job.job_id, rec, after=60)
+        again = await jobs.redeliver_if_lost(job.job_id, rec, after=0)
+        depth = int(await r.llen(queue))
+        taken = await jobs.redeliver_if_lost(job.job_id, {**rec, "worker": "someone"}, after=0)
+        await jobs.cancel(job.job_id)
+        await r.delete(queue)
+        await r.aclose()
+        return too_soon, again, taken, depth
+
+    too_soon, again, taken, depth = asyncio.run(scenario())
+    assert (too_soon, again, taken, depth) == (False, True, False, 1)

@@ -31,7 +31,8 @@ from .validation import InputCheck, LineError, errors_view
 log = logging.getLogger("llmhost.batches")
 
 SLICE = 64  # lines read from Redis at once when refilling
-RECONCILE_SECONDS = 5.0  # how often in-flight jobs are checked for a dead worker
+RECONCILE_SECONDS = 5.0  # how often in-flight jobs are checked for a dead worker or a lost message
+LOST_AFTER = 30.0  # a queued job nobody took, its queue empty this long: its message is gone
 TTL_MARGIN = 3600  # a line's job record outlives its batch's window by this much
 
 
@@ -175,8 +176,9 @@ class BatchDriver:
         return left
 
     async def _reconcile(self, job_id: str) -> None:
+        """A job whose worker died is delivered again (or settled); one whose message was lost is sent again."""
         rec = await self.jobs.store.get(job_id)
-        if rec is not None:
+        if rec is not None and not await self.jobs.redeliver_if_lost(job_id, rec, LOST_AFTER):
             await self.jobs.reconcile(job_id, rec)
 
     async def _resend(self, b: BatchRecord, line: int, old: InFlight, lease: Lease, left: dict[int, InFlight]) -> None:

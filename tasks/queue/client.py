@@ -202,6 +202,23 @@ class JobClient:
     async def model_has_worker(self, model: str) -> bool:
         return any(w.model == model and w.state != "failed" for w in await live_workers(self.redis))
 
+    async def redeliver_if_lost(self, job_id: str, rec: dict[str, Any], after: float) -> bool:
+        """Send a queued job's message again when it is gone: no worker took it (no ``worker``), its
+        queue is empty, and it has waited ``after`` seconds since it was (re)queued. That happens when
+        Redis restarts and its last second is lost after a worker had popped the message but before
+        its reservation was written. A copy too many is harmless: a job runs only from ``queued``."""
+        if rec.get("status") != "queued" or rec.get("worker") or not rec.get("payload"):
+            return False
+        if time.time() - max(float(rec.get("created_at") or 0), float(rec.get("requeued_at") or 0)) < after:
+            return False
+        if int(await self.redis.llen(rec["queue"]) or 0):
+            return False
+        if not await self.store.mark_requeued(job_id):
+            return False
+        await asyncio.to_thread(send_job, self.celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
+        log.warning("job %s: its message was lost; sent again", job_id, extra={"job_id": job_id})
+        return True
+
     async def reconcile(self, job_id: str, rec: dict[str, Any]) -> dict[str, Any]:
         """Settle a job whose worker died (delivered again, or failed when that cannot be done
         invisibly: tasks.contract.records.REAP_LUA decides), and fail an interactive job that

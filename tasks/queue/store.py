@@ -19,6 +19,13 @@ from tasks.contract.records import (
     transition_args,
 )
 
+# Note a redelivery of a job still queued (and only then: a job taken meanwhile, or gone, is left alone).
+MARK_REQUEUED_LUA = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'requeued_at', ARGV[1])
+return 1
+"""
+
 
 class JobStore:
     """The front's async view of job records."""
@@ -28,6 +35,7 @@ class JobStore:
         self._ttl = ttl
         self._transition = client.register_script(TRANSITION_LUA)
         self._reap = client.register_script(REAP_LUA)
+        self._mark_requeued = client.register_script(MARK_REQUEUED_LUA)
 
     async def create(self, job_id: str, endpoint: str, model: str, meta: dict[str, Any], *,
                      task: str, queue: str, klass: str, payload: str, ttl: int | None = None) -> float:
@@ -65,6 +73,10 @@ class JobStore:
         fields.setdefault("finished_at", time.time())
         res = await self._transition(keys=[job_key(job_id)], args=transition_args(status, self._ttl, fields))
         return res.decode() if isinstance(res, bytes) else res
+
+    async def mark_requeued(self, job_id: str) -> bool:
+        """True when the job is still queued (its redelivery is noted): then send it again."""
+        return bool(await self._mark_requeued(keys=[job_key(job_id)], args=[time.time()]))
 
     async def reap(self, job_id: str, dead_worker: str, max_attempts: int) -> str:
         """Decide a job of a dead worker (REAP_LUA): 'requeue' (the caller sends it again), 'lost',

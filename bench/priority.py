@@ -47,7 +47,9 @@ async def measure(url: str, backlog: int, probes: int, max_tokens: int) -> dict[
             ids.append(r.json()["id"])
         await asyncio.sleep(2)  # the worker is full of background work, the rest waits in Redis
         busy = [await ttft(client) for _ in range(probes)]
-        waiting = sum((await client.get(f"/v1/jobs/{i}")).json()["status"] == "queued" for i in ids)
+        waiting = 0
+        for i in ids:
+            waiting += (await client.get(f"/v1/jobs/{i}")).json()["status"] == "queued"
         for i in ids:
             await client.delete(f"/v1/jobs/{i}")
     return {"idle": statistics.median(idle), "busy": statistics.median(busy), "busy_max": max(busy),

@@ -23,7 +23,7 @@ from tasks.queue.client import JobClient
 from tasks.queue.files import FileStore
 
 from .lease import Lease
-from .lines import LineJobs, counter, from_record, new_request_id, parse_line, refused, stop_reason
+from .lines import LineJob, LineJobs, counter, from_record, new_request_id, parse_line, refused, stop_reason
 from .output import Output
 from .record import BatchRecord
 from .validation import InputCheck, LineError, errors_view
@@ -128,17 +128,22 @@ class BatchDriver:
     async def _submit(self, b: BatchRecord, g: int, cursor: int, line: int, text: str, lease: Lease) -> Optional[bool]:
         """Claim one line and send its job (True), or record its refusal (False); None: the claim
         failed (lease lost, the cursor moved, the batch stopped)."""
-        custom_id, body = parse_line(text)
-        rid = new_request_id()
-        try:
-            job = await self.lines.prepare(b.endpoint, custom_id, body, b.expires_at, rid)
-        except JobError as e:
-            result = refused(custom_id, rid, e)
+        job, result = await self._prepare(b, text)
+        if job is None:
             return False if await self.store.claim(b.id, lease.token, g, cursor, line, result=result) == 1 else None
         if await self.store.claim(b.id, lease.token, g, cursor, line, job_id=job.job.job_id) != 1:
             return None
         await self.lines.send(job, self._ttl(b))
         return True
+
+    async def _prepare(self, b: BatchRecord, text: str) -> tuple[LineJob | None, str]:
+        """A line's job, checked as the same request sent directly; or (None, its refusal)."""
+        custom_id, body = parse_line(text)
+        rid = new_request_id()
+        try:
+            return await self.lines.prepare(b.endpoint, custom_id, body, b.expires_at, rid), ""
+        except JobError as e:
+            return None, refused(custom_id, rid, e)
 
     def _ttl(self, b: BatchRecord) -> int:
         return int(max(0.0, b.expires_at - time.time())) + TTL_MARGIN
@@ -184,13 +189,8 @@ class BatchDriver:
     async def _resend(self, b: BatchRecord, line: int, old: InFlight, lease: Lease, left: dict[int, InFlight]) -> None:
         """Send the line again under a new job, into ``left`` (its job record is gone, or was
         cancelled by an interrupted send); a body refused now is recorded as that refusal."""
-        text = (await self.store.lines(b.id, [line]))[0] or ""
-        custom_id, body = parse_line(text)
-        rid = new_request_id()
-        try:
-            job = await self.lines.prepare(b.endpoint, custom_id, body, b.expires_at, rid)
-        except JobError as e:
-            result = refused(custom_id, rid, e)
+        job, result = await self._prepare(b, (await self.store.lines(b.id, [line]))[0] or "")
+        if job is None:
             await self.store.record(b.id, line, old, result, counter(result))
             return
         if await self.store.replace(b.id, lease.token, line, old, job.job.job_id) != 1:

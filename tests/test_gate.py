@@ -11,12 +11,25 @@ INTERACTIVE, BACKGROUND, BATCH = f"llmhost.model.{M}", f"llmhost.model.{M}.backg
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, run_later: bool = False) -> None:
         self.calls: list[tuple[str, str]] = []
         self.consuming = [INTERACTIVE, BACKGROUND, BATCH]
+        self.later: list = []
+        self.run_later = run_later
+        self.task_consumer = self
 
     def call_soon(self, fn, *args):  # noqa: ANN001 - Celery's signature
-        fn(*args)
+        if self.run_later:
+            self.later.append((fn, args))
+        else:
+            fn(*args)
+
+    def consuming_from(self, q: str) -> bool:
+        return q in self.consuming
+
+    @property
+    def queues(self) -> list:
+        return [type("Q", (), {"name": q}) for q in self.consuming]
 
     def cancel_task_queue(self, q: str) -> None:
         self.calls.append(("cancel", q))
@@ -54,3 +67,21 @@ def test_no_cap_no_switching():
     with gate.slot("background"), gate.slot("interactive"):
         pass
     assert c.calls == []
+
+
+def test_callbacks_run_in_any_order_still_leave_the_queues_right():
+    """Celery does not keep call_soon's order: however the scheduled syncs run, the consumer ends
+    consuming exactly what the gate wants, interactive first (a cancel after its add once left a
+    worker deaf)."""
+    import random
+
+    for seed in range(20):
+        gate, c = ClassGate(M, cap=1), Recorder(run_later=True)
+        gate.attach(c)
+        with gate.slot("interactive"):
+            with gate.slot("background"):
+                pass
+        random.Random(seed).shuffle(c.later)
+        for fn, args in c.later:
+            fn(*args)
+        assert c.consuming == [INTERACTIVE, BACKGROUND, BATCH], seed

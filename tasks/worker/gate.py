@@ -40,7 +40,7 @@ class ClassGate:
         self._held = {g: 0 for g in GROUPS}
         self._paused: set[str] = set()
         self._consumer: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _sync may run inline where a consumer calls back at once
 
     def attach(self, consumer: Any) -> None:
         """Celery's consumer, captured at start (tasks/worker/celery_tasks.py's bootstep)."""
@@ -77,21 +77,33 @@ class ClassGate:
             self._paused.clear()
 
     def _switch(self, group: str, pause: bool) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            return
-        # Queue changes must run on the consumer's own loop (call_soon keeps their order). kombu
-        # BRPOPs its queues in the order they were added: a resumed interactive queue must come
-        # back first, so the bulk queues being consumed are re-added after it.
-        queues = [queue_name(self.model, k) for k in GROUPS[group]]
-        if pause:
-            for q in queues:
-                consumer.call_soon(consumer.cancel_task_queue, q)
-        else:
-            after = [] if group == "bulk" or "bulk" in self._paused else \
-                [queue_name(self.model, k) for k in GROUPS["bulk"]]
-            for q in after:
-                consumer.call_soon(consumer.cancel_task_queue, q)
-            for q in queues + after:
-                consumer.call_soon(consumer.add_task_queue, q)
+        """Ask the consumer to bring its queues in line with the paused groups. Celery runs
+        ``call_soon`` callbacks in no guaranteed order, so each callback is the same idempotent
+        sync that reads the state when it runs: whatever order they run in, the last one leaves
+        the consumer as the gate wants it (a cancel running after its add once left a worker
+        consuming nothing)."""
+        if self._consumer is not None:
+            self._consumer.call_soon(self._sync)
         log.debug("%s %s queues of %s", "paused" if pause else "resumed", group, self.model)
+
+    def _sync(self) -> None:
+        """On the consumer's loop: consume exactly the queues of the groups not paused, in class
+        order (kombu BRPOPs them in the order they were added, so interactive must come first)."""
+        consumer = self._consumer
+        with self._lock:
+            want = [queue_name(self.model, k) for k in CLASSES if group_of(k) not in self._paused]
+        mine = [queue_name(self.model, k) for k in CLASSES]
+        now = [q for q in mine if consumer.task_consumer.consuming_from(q)]
+        if now == want and self._order_ok(consumer, want):
+            return
+        for q in now:
+            consumer.cancel_task_queue(q)
+        for q in want:
+            consumer.add_task_queue(q)
+
+    @staticmethod
+    def _order_ok(consumer: Any, want: list[str]) -> bool:
+        """Whether the consumer's queues are in class order (kombu keeps them in the order added)."""
+        order = [q.name for q in getattr(consumer.task_consumer, "queues", [])]
+        ranks = [order.index(q) for q in want if q in order]
+        return ranks == sorted(ranks)

@@ -62,9 +62,11 @@ class LevelResult:
         return self.requests / self.wall if self.wall else 0.0
 
 
-async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, res: LevelResult) -> None:
+async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, res: LevelResult,
+                     extra: dict | None = None) -> None:
+    """``extra``: more fields for the request body (e.g. ``{"ignore_eos": True}``)."""
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
-            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     start = time.perf_counter()
     last = None
     try:
@@ -94,14 +96,15 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int, re
         res.errors += 1
 
 
-async def run_level(url: str, concurrency: int, per_client: int, max_tokens: int) -> LevelResult:
+async def run_level(url: str, concurrency: int, per_client: int, max_tokens: int,
+                    extra: dict | None = None) -> LevelResult:
     res = LevelResult(concurrency)
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         async def worker(i: int) -> None:
             for j in range(per_client):
                 topic = TOPICS[(i + j) % len(TOPICS)]
-                await one_stream(client, f"Write a long story about {topic}.", max_tokens, res)
+                await one_stream(client, f"Write a long story about {topic}.", max_tokens, res, extra)
         start = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         res.wall = time.perf_counter() - start

@@ -91,11 +91,12 @@ class BatchCache:
         self.lengths = torch.cat([self.lengths, lengths])
         self.pending = torch.cat([self.pending, tokens])
 
-    def filter(self, keep: list[int]) -> None:
-        """Keep only rows ``keep``; trim the columns that are now padding in every row."""
+    def filter(self, keep: list[int]) -> list[int]:
+        """Keep only rows ``keep``; trim the columns that are now padding in every row. Returns the
+        rows' new order (old index per new row): here ``keep`` itself."""
         if not keep:
             self.clear()
-            return
+            return keep
         assert self.mask is not None and self.lengths is not None and self.pending is not None
         idx = torch.tensor(keep, device=self.device)
         self.cache.batch_select_indices(idx)
@@ -107,6 +108,7 @@ class BatchCache:
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys.index_select(2, cols), layer.values.index_select(2, cols)
             _sync_layer_lengths(self.cache, self.mask.shape[1])
+        return keep
 
     # --- prompt prefixes -------------------------------------------------------------------------------
 

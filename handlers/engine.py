@@ -30,6 +30,7 @@ from .sampler import Sampler
 from .sampling import prompt_logprobs
 from .scheduler import Scheduler
 from .sequence import INTERACTIVE, SeqStatus, Sequence, StepOutput
+from .slot_cache import SlotCache
 
 if TYPE_CHECKING:
     from .base import ChatHandler
@@ -39,14 +40,16 @@ __all__ = ["Engine", "Sequence", "SeqStatus", "StepOutput", "run_to_completion"]
 
 class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
-                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0) -> None:
-        """``reserved_slots``: rows each priority class leaves to the other (see handlers/scheduler.py)."""
+                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0, slot_cache: bool = True) -> None:
+        """``reserved_slots``: rows each priority class leaves to the other (see handlers/scheduler.py);
+        ``slot_cache``: keep the batch's KV in place (handlers/slot_cache.py) where the model allows."""
         self.handler = handler
         self.model = handler.model
         self.device = handler.device
         self.scheduler = Scheduler(max_batch, max_batch_tokens, max_prefill_tokens, reserved_slots)
         prefixes = PrefixCache(max_tokens=prefix_cache_tokens) if prefix_cache_tokens else None
-        self.kv = BatchCache(self.device, handler.pad_id, self.model.config, prefixes)
+        slots = SlotCache.supports(self.model.config) and slot_cache
+        self.kv = (SlotCache if slots else BatchCache)(self.device, handler.pad_id, self.model.config, prefixes)
         self.sampler = Sampler(self.device, handler.describe_token)
         self.last_batch = 0  # rows in the most recent decode forward
 
@@ -97,9 +100,9 @@ class Engine:
     # --- the step ---------------------------------------------------------------------------
 
     def step(self) -> list[StepOutput]:
-        outputs = self._drop_cancelled()
-        admitted = self.scheduler.schedule(self.kv.tokens)
-        with torch.inference_mode():
+        with torch.inference_mode():  # the KV buffers are inference tensors, changed in place
+            outputs = self._drop_cancelled()
+            admitted = self.scheduler.schedule(self.kv.tokens)
             if admitted:
                 outputs += self._prefill(admitted)
             elif self.running:
@@ -161,8 +164,7 @@ class Engine:
         return [StepOutput(seq, "", True) for seq in gone]
 
     def _keep_rows(self, keep: list[int]) -> None:
-        self.scheduler.keep(keep)
-        self.kv.filter(keep)
+        self.scheduler.keep(self.kv.filter(keep))
 
 
 def run_to_completion(engine: Engine) -> list[StepOutput]:

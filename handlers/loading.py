@@ -16,6 +16,8 @@ import torch
 from tasks.contract.errors import JobError
 from tasks.contract.payloads import LoadOptions
 
+from . import cpu_linear
+
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -119,4 +121,6 @@ def load_causal_lm(folder: Path, options: LoadOptions) -> tuple[Any, Any, Placem
     except Exception as e:  # noqa: BLE001
         raise load_error(f"Could not load {folder.name}: {type(e).__name__}: {e}") from e
     model.eval()
+    if qconfig is None:
+        cpu_linear.optimize(model, placement.device, placement.dtype, enabled=options.cpu_kernels)
     return model, tokenizer, placement

@@ -54,7 +54,7 @@ class WorkerRuntime:
             self.announcer.update(state="failed", error=e.message)
             raise
         self.options = LoadOptions(device=settings.device, dtype=settings.dtype, quantization=settings.quantization,
-                                   torch_threads=settings.torch_threads)
+                                   torch_threads=settings.torch_threads, cpu_kernels=settings.cpu_kernels)
         self.handler: Handler | None = None
         self.loop: EngineLoop | None = None  # chat models: the thread that drives the model
         self._embed_lock = threading.Lock()

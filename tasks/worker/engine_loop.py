@@ -28,6 +28,7 @@ from tasks.contract.records import EVENTS_MAXLEN, events_key, job_key
 log = logging.getLogger("llmhost.engine")
 
 CANCEL_CHECK_SECONDS = 0.05
+ENGINE_THREAD = "llmhost-engine"  # the one thread that runs the model's parallel (OpenMP) code
 
 
 @dataclass
@@ -70,7 +71,7 @@ class _Call:
 class EngineLoop(threading.Thread):
     def __init__(self, handler: ChatHandler, client: redis.Redis, max_batch: int, max_batch_tokens: int,
                  max_prefill_tokens: int, prefix_cache_tokens: int, reserved_slots: int = 0) -> None:
-        super().__init__(name="llmhost-engine", daemon=True)
+        super().__init__(name=ENGINE_THREAD, daemon=True)
         self.client = client
         self._limits = (max_batch, max_batch_tokens, max_prefill_tokens, prefix_cache_tokens)
         self._reserved = reserved_slots

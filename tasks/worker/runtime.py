@@ -32,7 +32,7 @@ from tasks.contract.payloads import (
 from tasks.contract.settings import Settings
 from tasks.worker import generation
 from tasks.worker.announcer import Announcer
-from tasks.worker.engine_loop import EngineLoop
+from tasks.worker.engine_loop import ENGINE_THREAD, EngineLoop
 from tasks.worker.gate import ClassGate, model_queues
 from tasks.worker.jobs import WorkerJobs
 
@@ -87,7 +87,7 @@ class WorkerRuntime:
         started = time.perf_counter()
         handler = handler_class(self.family)(self.model_id, self.folder, options)
         try:
-            handler.load()
+            _load_in_passing_thread(handler)
         except JobError as e:
             self.announcer.update(state="failed", error=e.message)
             raise
@@ -313,6 +313,32 @@ class WorkerRuntime:
             return {"model": self.model_id, "worker": self.name, **self.handler.describe(),  # type: ignore[union-attr]
                     "options": job.options.model_dump()}
         self._run(job, body)
+
+
+def _load_in_passing_thread(handler: Handler) -> None:
+    """Load on a thread that then ends, unless this is the engine's thread already (a reload).
+
+    OpenMP (libgomp) keeps a team of helper threads for every thread that ran parallel torch code,
+    and once a process holds more OpenMP threads than cores its helpers barely spin between parallel
+    regions: each of a decode step's ~600 regions then waits for a sleeping helper to wake. Loading on
+    the main thread left its team behind, and the engine thread's decode ran on 1.3 of 2 cores
+    (a SmolLM2 step at batch 1: ~50 ms instead of ~35). A thread that ends takes its team with it."""
+    if threading.current_thread().name == ENGINE_THREAD:
+        handler.load()
+        return
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            handler.load()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the calling thread
+            failure.append(e)
+
+    loader = threading.Thread(target=load, name="llmhost-load")
+    loader.start()
+    loader.join()
+    if failure:
+        raise failure[0]
 
 
 def moved_error(model: str) -> JobError:

@@ -24,6 +24,7 @@ import torch
 
 from tasks.contract.payloads import SamplingParams
 
+from . import fast_decode
 from .batch_cache import BatchCache
 from .prefix_cache import PrefixCache
 from .sampler import Sampler
@@ -40,9 +41,11 @@ __all__ = ["Engine", "Sequence", "SeqStatus", "StepOutput", "run_to_completion"]
 
 class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
-                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0, slot_cache: bool = True) -> None:
+                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0, slot_cache: bool = True,
+                 fast: bool = True) -> None:
         """``reserved_slots``: rows each priority class leaves to the other (see handlers/scheduler.py);
-        ``slot_cache``: keep the batch's KV in place (handlers/slot_cache.py) where the model allows."""
+        ``slot_cache``: keep the batch's KV in place (handlers/slot_cache.py) where the model allows;
+        ``fast``: and decode without the model's forward (handlers/fast_decode.py) where it allows."""
         self.handler = handler
         self.model = handler.model
         self.device = handler.device
@@ -50,6 +53,8 @@ class Engine:
         prefixes = PrefixCache(max_tokens=prefix_cache_tokens) if prefix_cache_tokens else None
         slots = SlotCache.supports(self.model.config) and slot_cache
         self.kv = (SlotCache if slots else BatchCache)(self.device, handler.pad_id, self.model.config, prefixes)
+        # Decode steps straight from the model's modules where its architecture allows (handlers/fast_decode.py).
+        self.fast = fast_decode.build(self.model) if slots and fast else None
         self.sampler = Sampler(self.device, handler.describe_token)
         self.last_batch = 0  # rows in the most recent decode forward
 
@@ -73,7 +78,7 @@ class Engine:
     def release(self) -> None:
         """Drop the model, the KV state and the prefix cache (the engine is idle): a reload must not
         hold the old weights while the new ones load."""
-        self.model = None
+        self.model = self.fast = None
         self.handler = None  # type: ignore[assignment]
         self.kv.clear()
         self.kv.prefix_cache = None
@@ -132,9 +137,13 @@ class Engine:
         running = self.running
         self.last_batch = len(running)
         inputs = self.kv.decode_inputs()
-        out = self.model(**inputs, use_cache=True)
-        tokens = self.sampler.sample(running, out.logits[:, -1])
-        self.kv.advance(out.cache, inputs["attention_mask"], tokens)
+        if self.fast is not None:
+            logits, cache = self.fast(self.kv, inputs), None
+        else:
+            out = self.model(**inputs, use_cache=True)
+            logits, cache = out.logits[:, -1], out.cache
+        tokens = self.sampler.sample(running, logits)
+        self.kv.advance(cache, inputs["attention_mask"], tokens)
         outputs, keep = self._postprocess(running, tokens)
         if len(keep) < len(running):
             self._keep_rows(keep)

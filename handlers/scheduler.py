@@ -10,10 +10,12 @@ they fit:
   sequence that asks for its prompt's logprobs is prefilled alone (it needs logits at every position);
 * never two prefills in a row while sequences are running: a burst of arrivals cannot starve the
   running streams, and a new arrival still gets its first token after at most one decode;
-* with ``reserved_slots`` > 0, interactive sequences (priority 0) hold at most ``max_batch -
-  reserved_slots`` rows, and so do the lower classes (priority ≥ 1) together. A batch full of
-  background work thus always has a row for the next interactive request (no preemption needed),
-  and a saturated interactive load still leaves ``reserved_slots`` rows to bulk work.
+* with ``reserved_slots`` > 0, the lower classes (priority ≥ 1) together hold at most ``max_batch -
+  reserved_slots`` rows, so a batch full of background work always has a row for the next
+  interactive request (no preemption needed); interactive sequences (priority 0) hold as many
+  while bulk work waits, so a saturated interactive load still leaves ``reserved_slots`` rows to
+  it, and every row when none waits (the cap on them is work-conserving: at 32 streams with no
+  bulk work, a hard cap of 28 rows left 4 requests queued behind a batch with free rows).
 
 A sequence that does not fit stops admission for this step (it keeps its place: long prompts are
 not overtaken forever), except one whose class holds all the rows it may: the next class can use
@@ -72,11 +74,13 @@ class Scheduler:
         for seq in self.running:
             rows[_row_class(seq)] += 1
         tokens, chunk = kv_tokens, 0
-        for seq in self.waiting:
+        waiting = self.waiting
+        caps = [self.class_rows if any(_row_class(seq) for seq in waiting) else self.max_batch, self.class_rows]
+        for seq in waiting:
             if len(self.running) + len(admitted) >= self.max_batch:
                 break
             cls = _row_class(seq)
-            if rows[cls] >= self.class_rows:
+            if rows[cls] >= caps[cls]:
                 continue  # its class is at its cap; a sequence of the other class may still fit
             need = len(seq.prompt_ids)
             if seq.params.prompt_logprobs is not None:

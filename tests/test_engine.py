@@ -202,6 +202,11 @@ def test_reserved_slots_leave_rows_to_bulk_work(tiny_models):
     engine.step()  # interactive work holds at most 3 rows; the fourth goes to bulk work, priority 1 before 2
     assert _rows(engine) == ["b", "i", "i", "i"] and "b1" in [s.id for s in engine.running]
     assert [s.id for s in engine.waiting] == ["i3", "i4", "i5", "b0"]
+    for _ in range(2):
+        engine.step()
+    engine.abort("b1")
+    engine.step()  # b1's row is free and b0 waits: interactive work still holds 3 rows, b0 gets the row
+    assert _rows(engine) == ["b", "i", "i", "i"] and "b0" in [s.id for s in engine.running]
     without = Engine(h, max_batch=4)  # reserved_slots=0: strict priority order, as before
     for seq in [*engine.running, *engine.waiting]:
         without.add(seq.id, ids, params, 30, priority=seq.priority)
@@ -209,6 +214,22 @@ def test_reserved_slots_leave_rows_to_bulk_work(tiny_models):
     assert _rows(without) == ["i"] * 4
     with pytest.raises(ValueError, match="reserved_slots"):
         Engine(h, max_batch=4, reserved_slots=4)
+
+
+def test_interactive_work_takes_every_row_while_no_bulk_work_waits(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    params = SamplingParams(temperature=0, ignore_eos=True)
+    engine = Engine(h, max_batch=4, reserved_slots=1)
+    for i in range(5):
+        engine.add(f"i{i}", ids, params, 30, priority=0)
+    engine.step()
+    assert _rows(engine) == ["i"] * 4 and [s.id for s in engine.waiting] == ["i4"]
+    engine.add("b0", ids, params, 30, priority=1)
+    engine.step()  # a decode
+    engine.abort("i0")
+    engine.step()  # the freed row: bulk work waits, so interactive work is back to its 3 rows
+    assert _rows(engine) == ["b", "i", "i", "i"] and [s.id for s in engine.waiting] == ["i4"]
 
 
 def test_many_constrained_rows_are_masked_together_with_the_same_tokens(tiny_models, monkeypatch):

@@ -1,6 +1,7 @@
 """The engine's fast paths give the tokens of the plain ones: the in-place slot KV cache
 (handlers/slot_cache.py) against transformers' DynamicCache with rows joining, leaving, growing and
-the buffers rebuilt; the packed, fused bf16 linear layers (handlers/cpu_linear.py) against the
+the buffers rebuilt; the decode step from the model's modules (handlers/fast_decode.py) against
+the model's forward; the packed, fused bf16 linear layers (handlers/cpu_linear.py) against the
 model's own ``nn.Linear``."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from handlers import cpu_linear, slot_cache
+from handlers import cpu_linear, fast_decode, slot_cache
 from handlers.batch_cache import BatchCache
 from handlers.engine import Engine
 from handlers.slot_cache import SlotCache
@@ -25,8 +26,8 @@ PLAN = [(0, "Tell me about the sea.", 14), (0, "Hi", 5), (2, "Once upon a time t
         (75, "After a gap, with nobody running.", 10)]
 
 
-def run_plan(handler, slots: bool, params: SamplingParams) -> tuple[Engine, list[list[int]]]:
-    engine = Engine(handler, max_batch=4, slot_cache=slots)
+def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False) -> tuple[Engine, list[list[int]]]:
+    engine = Engine(handler, max_batch=4, slot_cache=slots, fast=fast)
     pending, seqs, step = list(PLAN), [], 0
     with torch.inference_mode():
         while pending or engine.has_work():
@@ -50,8 +51,11 @@ def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monke
     ignore = SamplingParams(temperature=0, ignore_eos=True)
     plain, expected = run_plan(h, False, ignore)
     fast, got = run_plan(h, True, ignore)
-    assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache
+    assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache and fast.fast is None
     assert got == expected
+    fastest, decoded = run_plan(h, True, ignore, fast=True)
+    assert fastest.fast is not None  # both tiny models are Llama-shaped (Qwen2, Llama)
+    assert decoded == expected
     assert [len(t) for t in got] == [n for _, _, n in PLAN]
     assert len(rebuilds) > 5  # growth to the right, room on the left, more rows: all exercised
     assert fast.kv.rows == 0 and fast.kv_tokens == 0 and fast.kv.k == []  # emptied, memory dropped
@@ -75,7 +79,27 @@ def test_slot_cache_window_is_as_wide_as_the_longest_row(tiny_models):
 
 def test_models_with_sliding_windows_keep_the_dynamic_cache(tiny_models):
     h = load(tiny_models, TINY_GEMMA, dtype="float32")
-    assert type(Engine(h).kv) is BatchCache
+    engine = Engine(h)
+    assert type(engine.kv) is BatchCache and engine.fast is None
+
+
+def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
+    if not cpu_linear.available():
+        pytest.skip("this torch has no oneDNN")
+    h = load(tiny_models, TINY_LLAMA3, dtype="bfloat16")
+    engine = Engine(h, max_batch=4)
+    assert engine.fast is not None and fast_decode._joined(
+        h.model.model.layers[0].mlp.gate_proj, h.model.model.layers[0].mlp.up_proj) is not None
+    with torch.inference_mode():
+        for text in ("Hi", "A longer prompt, so that the rows are padded " * 3, "x"):
+            engine.add(text, h.encode_chat([Message(role="user", content=text)]),
+                       SamplingParams(temperature=0, ignore_eos=True), 20)
+        while engine.waiting:
+            engine.step()
+        inputs = engine.kv.decode_inputs()
+        fast = engine.fast(engine.kv, inputs).float()
+        model = h.model(**inputs, use_cache=True).logits[:, -1].float()
+    torch.testing.assert_close(fast, model, atol=0.1, rtol=0.05)
 
 
 def test_packed_linear_layers_give_the_models_logits(tiny_models):

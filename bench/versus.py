@@ -145,7 +145,7 @@ def start_server(kind: str, args: argparse.Namespace, rnd: int) -> tuple[str, ob
     log = LOGS / f"versus-{kind}-r{rnd}.log"
     print(f"starting {NAMES[kind]} (log {log}) ...", flush=True)
     t0 = time.monotonic()
-    server = (Server(max_batch=32, threads=2, dtype="bfloat16", log=log) if kind == "llmhost"
+    server = (Server(max_batch=32, threads=args.llmhost_threads, dtype="bfloat16", log=log) if kind == "llmhost"
               else VllmServer(args.vllm_python, log, args.vllm_hide))
     try:
         server.wait_ready(600)
@@ -264,6 +264,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests-per-client", type=int, default=3)
     p.add_argument("--rounds", type=int, default=1, help="repeat the pair of sweeps; the table keeps the best")
     p.add_argument("--only", choices=SERVERS, help="measure one server only")
+    p.add_argument("--llmhost-threads", type=int, default=2, help="LLMHOST_TORCH_THREADS of the LLM-Host worker")
     p.add_argument("--llmhost-url", help="drive this running LLM-Host instead of starting one")
     p.add_argument("--vllm-url", help="drive this running vLLM instead of starting one")
     p.add_argument("--json", help="also write the results as JSON here")

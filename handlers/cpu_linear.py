@@ -14,7 +14,10 @@ stash holds the input, so the identity cannot be reused), so a model that calls 
 or with different inputs, still gets correct results.
 
 Only bf16 on CPU (where fp32 already has MKL's sgemm and exactness tests pin fp32): see
-:func:`optimize`.
+:func:`optimize`. A tied LM head (SmolLM2, Llama 3.2, Qwen 2.5 share it with the token embedding)
+is packed too, into a copy: the vocabulary matrix is then held twice (SmolLM2-135M: +57 MB, ~21 %
+of its bf16 weights) for an LM head 3.6× faster at batch 1; ``LLMHOST_CPU_KERNELS=false`` keeps
+the plain layers.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """oneDNN with bf16 kernels for this CPU (its reorder refuses bf16 without AVX512-BW/VL/DQ or
+    AVX-NE-CONVERT; ``LLMHOST_DTYPE=bfloat16`` on such a CPU keeps the plain layers)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class _Packed:

@@ -43,7 +43,8 @@ class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
                  max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0, slot_cache: bool = True,
                  fast: bool = True) -> None:
-        """``reserved_slots``: rows each priority class leaves to the other (see handlers/scheduler.py);
+        """``reserved_slots``: rows bulk work leaves to interactive work, and the other way round while
+        bulk work waits (handlers/scheduler.py);
         ``slot_cache``: keep the batch's KV in place (handlers/slot_cache.py) where the model allows;
         ``fast``: and decode without the model's forward (handlers/fast_decode.py) where it allows."""
         self.handler = handler
@@ -51,7 +52,9 @@ class Engine:
         self.device = handler.device
         self.scheduler = Scheduler(max_batch, max_batch_tokens, max_prefill_tokens, reserved_slots)
         prefixes = PrefixCache(max_tokens=prefix_cache_tokens) if prefix_cache_tokens else None
-        slots = SlotCache.supports(self.model.config) and slot_cache
+        # CPU only for now: measured and tested here; the slot buffers are also what a CUDA-graph
+        # decode would need, but no GPU has run them yet.
+        slots = slot_cache and self.device.type == "cpu" and SlotCache.supports(self.model.config)
         self.kv = (SlotCache if slots else BatchCache)(self.device, handler.pad_id, self.model.config, prefixes)
         # Decode steps straight from the model's modules where its architecture allows (handlers/fast_decode.py).
         self.fast = fast_decode.build(self.model) if slots and fast else None

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu_linear import FusedMember, PackedLinear
+from .slot_cache import SlotCache
 
 ARCHITECTURES = {"LlamaForCausalLM": "Llama", "Qwen2ForCausalLM": "Qwen2", "MistralForCausalLM": "Mistral"}
 
@@ -37,6 +38,8 @@ def build(model: Any) -> "FastDecoder | None":
     if prefix is None or config is None or getattr(config, "hidden_act", None) != "silu":
         return None
     if getattr(config, "pretraining_tp", 1) != 1 or getattr(model, "logit_scale", None) is not None:
+        return None
+    if not SlotCache.supports(config):  # sliding-window layers (Mistral's config.sliding_window) and the like
         return None
     layers = model.model.layers
     expected = {"self_attn": f"{prefix}Attention", "mlp": f"{prefix}MLP", "input_layernorm": f"{prefix}RMSNorm",

@@ -14,7 +14,7 @@ they fit:
   reserved_slots`` rows, so a batch full of background work always has a row for the next
   interactive request (no preemption needed); interactive sequences (priority 0) hold as many
   while bulk work waits, so a saturated interactive load still leaves ``reserved_slots`` rows to
-  it, and every row when none waits (the cap on them is work-conserving: at 32 streams with no
+  it, and every row when none waits (at 32 streams with no
   bulk work, a hard cap of 28 rows left 4 requests queued behind a batch with free rows).
 
 A sequence that does not fit stops admission for this step (it keeps its place: long prompts are
@@ -43,7 +43,7 @@ class Scheduler:
                              f"got {reserved_slots}")
         self.max_batch_tokens = max_batch_tokens
         self.max_prefill_tokens = max_prefill_tokens
-        self.class_rows = self.max_batch - reserved_slots  # the most rows one row class may hold
+        self.class_rows = self.max_batch - reserved_slots  # bulk work's row cap (interactive's while bulk waits)
         self.running: list[Sequence] = []  # row i of the batch ↔ running[i]
         self._queues: dict[int, deque[Sequence]] = {}  # priority → waiting sequences, oldest first
         self._prefilled_last = False

@@ -17,14 +17,15 @@ attention, rotary embedding and mask code run unchanged.
 * When the spare columns run out the buffers are rebuilt: the window moved to the left edge and
   ``HEADROOM`` more columns (one copy every ``HEADROOM`` steps at worst, instead of one per step).
 
-Memory follows the batch: buffers are sized to the rows and columns in use plus the headroom, and
-dropped when the batch empties. Invariant: the mask buffer is zero outside the live rows' windows,
+Memory follows the batch: buffers are sized to the rows and columns in use plus the headroom, sized
+down to the rows in use at each rebuild, and dropped when the batch empties. Invariant: the mask buffer is zero outside the live rows' windows,
 and the KV buffers hold finite values everywhere (zeros or old rows' keys), so masked columns
 never carry NaN into attention.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -42,7 +43,9 @@ class _SlotLayer(DynamicLayer):
 
     def __init__(self, owner: "SlotCache", index: int) -> None:
         super().__init__()
-        self.owner, self.index = owner, index
+        # A proxy: the owner holds these layers, and a strong reference back would make a cycle that
+        # keeps the buffers until a full garbage collection after the engine is dropped.
+        self.owner, self.index = weakref.proxy(owner), index
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -123,8 +126,8 @@ class SlotCache(BatchCache):
 
     def decode_inputs(self) -> dict[str, Any]:
         assert self.mask_buf is not None and self.lengths is not None and self.pending is not None
-        if self.end >= self.mask_buf.shape[1]:
-            self._rebuild(self.k[0].shape[0], self.width + HEADROOM, 0)
+        if self.end >= self.mask_buf.shape[1]:  # out of columns: rebuilt, with rows for the batch as it is now
+            self._rebuild(_round_up(self.rows, ROW_STEP), self.width + HEADROOM, 0)
         self.mask_buf[:self.rows, self.end] = 1  # the column this step writes
         mask = self.mask_buf[:self.rows, self.start:self.end + 1]
         return {"input_ids": self.pending[:, None], "attention_mask": mask,
@@ -211,28 +214,39 @@ class SlotCache(BatchCache):
     # --- buffers -----------------------------------------------------------------------------------
 
     def _rebuild(self, rows: int, cols: int, left: int, like: Any = None) -> None:
-        """New buffers of ``rows`` × ``cols``; the live window is copied to start at column ``left``."""
-        if like is not None:
-            shapes = [(layer.keys.shape[1], layer.keys.shape[3], layer.keys.dtype) for layer in like.layers]
+        """New buffers of ``rows`` × ``cols``; the live window is copied to start at column ``left``.
+        One buffer at a time: the old one is dropped as its copy is made, so the peak is the cache
+        plus one layer's buffer, not two caches."""
+        if like is not None:  # keys and values may differ in shape (heads, head_dim) and dtype
+            shapes = [(_shape(layer.keys), _shape(layer.values)) for layer in like.layers]
+            self.k, self.v = [torch.empty(0)] * len(shapes), [torch.empty(0)] * len(shapes)
             mask_dtype = torch.long
         else:
             assert self.mask_buf is not None
-            shapes = [(k.shape[1], k.shape[3], k.dtype) for k in self.k]
+            shapes = [(_shape(k), _shape(v)) for k, v in zip(self.k, self.v)]
             mask_dtype = self.mask_buf.dtype
-        width, src = self.width, slice(self.start, self.end)
+        width, src, live = self.width, slice(self.start, self.end), self.rows
         dst = slice(left, left + width)
-        k = [torch.zeros((rows, h, cols, d), dtype=dt, device=self.device) for h, d, dt in shapes]
-        v = [torch.zeros((rows, h, cols, d), dtype=dt, device=self.device) for h, d, dt in shapes]
+        for bufs, which in ((self.k, 0), (self.v, 1)):
+            for i, layer_shapes in enumerate(shapes):
+                heads, dim, dtype = layer_shapes[which]
+                new = torch.zeros((rows, heads, cols, dim), dtype=dtype, device=self.device)
+                if live:
+                    new[:live, :, dst] = bufs[i][:live, :, src]
+                bufs[i] = new
         mask = torch.zeros((rows, cols), dtype=mask_dtype, device=self.device)
-        if self.rows:
+        if live:
             assert self.mask_buf is not None
-            for new, old in zip((*k, *v), (*self.k, *self.v)):
-                new[:self.rows, :, dst] = old[:self.rows, :, src]
-            mask[:self.rows, dst] = self.mask_buf[:self.rows, src]
-        self.k, self.v, self.mask_buf = k, v, mask
+            mask[:live, dst] = self.mask_buf[:live, src]
+        self.mask_buf = mask
         self.start, self.end = left, left + width
-        if self.cache is None or len(self.cache.layers) != len(k):
-            self.cache = Cache(layers=[_SlotLayer(self, i) for i in range(len(k))])
+        if self.cache is None or len(self.cache.layers) != len(self.k):
+            self.cache = Cache(layers=[_SlotLayer(self, i) for i in range(len(self.k))])
+
+
+def _shape(t: torch.Tensor) -> tuple[int, int, torch.dtype]:
+    """(heads, head_dim, dtype) of a [rows, heads, columns, head_dim] tensor."""
+    return t.shape[1], t.shape[3], t.dtype
 
 
 def _round_up(n: int, step: int) -> int:

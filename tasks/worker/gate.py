@@ -7,7 +7,8 @@ thread and a new interactive request would wait for one of them to finish. So th
 for ``2 × cap`` jobs, and a group that holds ``cap`` of them stops being consumed (Celery's
 ``cancel_task_queue``) until one ends (``add_task_queue``): bulk work can never take the threads
 that interactive requests need, and a saturated interactive load still leaves bulk its own. Inside
-the batch the engine then gives each group at most ``max_batch - reserved_slots`` rows.
+the batch the engine then gives bulk work at most ``max_batch - reserved_slots`` rows, and
+interactive work as many while bulk work waits (handlers/scheduler.py).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import httpx
 
@@ -165,6 +166,21 @@ def worker_pids(url: str) -> list[int]:
     return [int(w["pid"]) for w in status["workers"] if w["model"] == MODEL_ID]
 
 
+def poll_ok(url: str, deadline: float, interval: float, check: Callable[[], None] | None = None) -> bool:
+    """GET ``url`` until it answers 200 (True) or ``deadline`` (monotonic) passes (False); ``check``
+    runs before each try (it may raise, e.g. when the server's process died)."""
+    while time.monotonic() < deadline:
+        if check is not None:
+            check()
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    return False
+
+
 class Server:
     """`python -m tasks.supervisor` serving one model on a free port, with its own Redis."""
 
@@ -179,15 +195,8 @@ class Server:
                                      stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"server on {self.url} not ready after {timeout} s")
+        if not poll_ok(f"{self.url}/ready", time.monotonic() + timeout, 0.5):
+            raise SystemExit(f"server on {self.url} not ready after {timeout} s")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

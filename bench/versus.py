@@ -48,9 +48,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-import httpx
-
-from bench.load import MODEL, ROOT, LevelResult, Server, pct, run_level
+from bench.load import MODEL, ROOT, LevelResult, Server, pct, poll_ok, run_level
 from tasks.supervisor.redis_server import free_port
 
 SERVERS = ("llmhost", "vllm")
@@ -100,18 +98,13 @@ class VllmServer:
 
     def wait_ready(self, timeout: float = 600) -> None:
         """Until GET /v1/models answers; the log tail if vLLM dies first."""
-        end = self.started + timeout
-        while time.monotonic() < end:
+        def alive() -> None:
             if self.proc.poll() is not None:
                 tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
                 raise SystemExit(f"vLLM exited with {self.proc.returncode}; log tail ({self.log}):\n{tail}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise SystemExit(f"vLLM on {self.url} not ready after {timeout} s; see {self.log}")
+
+        if not poll_ok(f"{self.url}/v1/models", self.started + timeout, 1, alive):
+            raise SystemExit(f"vLLM on {self.url} not ready after {timeout} s; see {self.log}")
 
     def stop(self) -> None:
         if self.proc.poll() is not None:

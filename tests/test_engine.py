@@ -170,15 +170,18 @@ def test_waiting_sequences_are_admitted_by_priority_then_arrival(tiny_models):
     assert admitted == order
 
 
+def _four_rows_one_reserved(tiny_models):
+    h = load(tiny_models, TINY_CHATML)
+    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    return h, ids, SamplingParams(temperature=0, ignore_eos=True), Engine(h, max_batch=4, reserved_slots=1)
+
+
 def _rows(engine):
     return sorted(s.id[0] for s in engine.running)  # "i" interactive, "b" background
 
 
 def test_reserved_slots_keep_a_row_for_interactive(tiny_models):
-    h = load(tiny_models, TINY_CHATML)
-    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
-    params = SamplingParams(temperature=0, ignore_eos=True)
-    engine = Engine(h, max_batch=4, reserved_slots=1)
+    h, ids, params, engine = _four_rows_one_reserved(tiny_models)
     for i in range(6):
         engine.add(f"b{i}", ids, params, 30, priority=1)
     engine.step()  # prefill: background work may hold 4 - 1 rows
@@ -191,10 +194,7 @@ def test_reserved_slots_keep_a_row_for_interactive(tiny_models):
 
 
 def test_reserved_slots_leave_rows_to_bulk_work(tiny_models):
-    h = load(tiny_models, TINY_CHATML)
-    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
-    params = SamplingParams(temperature=0, ignore_eos=True)
-    engine = Engine(h, max_batch=4, reserved_slots=1)
+    h, ids, params, engine = _four_rows_one_reserved(tiny_models)
     for i in range(6):
         engine.add(f"i{i}", ids, params, 30, priority=0)
     engine.add("b0", ids, params, 30, priority=2)
@@ -217,10 +217,7 @@ def test_reserved_slots_leave_rows_to_bulk_work(tiny_models):
 
 
 def test_interactive_work_takes_every_row_while_no_bulk_work_waits(tiny_models):
-    h = load(tiny_models, TINY_CHATML)
-    ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
-    params = SamplingParams(temperature=0, ignore_eos=True)
-    engine = Engine(h, max_batch=4, reserved_slots=1)
+    h, ids, params, engine = _four_rows_one_reserved(tiny_models)
     for i in range(5):
         engine.add(f"i{i}", ids, params, 30, priority=0)
     engine.step()

@@ -95,7 +95,10 @@ class SlotCache(BatchCache):
         linear-attention state) can keep them in slots."""
         from transformers import DynamicCache
 
-        layers = DynamicCache(config=model_config).layers
+        try:
+            layers = DynamicCache(config=model_config).layers
+        except Exception:  # noqa: BLE001 - a config transformers cannot build a cache from: the plain path
+            return False
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     @property

@@ -49,8 +49,6 @@ def build(model: Any) -> "FastDecoder | None":
             return None
         if any(type(getattr(layer, name, None)).__name__ != cls for name, cls in expected.items()):
             return None
-        if getattr(layer.self_attn, "sliding_window", None):
-            return None
     if type(model.model.norm).__name__ != f"{prefix}RMSNorm":
         return None
     return FastDecoder(model)

@@ -14,8 +14,8 @@ they fit:
   reserved_slots`` rows, so a batch full of background work always has a row for the next
   interactive request (no preemption needed); interactive sequences (priority 0) hold as many
   while bulk work waits, so a saturated interactive load still leaves ``reserved_slots`` rows to
-  it, and every row when none waits (at 32 streams with no
-  bulk work, a hard cap of 28 rows left 4 requests queued behind a batch with free rows).
+  it, and every row when none waits (at 32 streams with no bulk work, a hard cap of 28 rows left
+  4 requests queued behind a batch with free rows).
 
 A sequence that does not fit stops admission for this step (it keeps its place: long prompts are
 not overtaken forever), except one whose class holds all the rows it may: the next class can use

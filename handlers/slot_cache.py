@@ -18,9 +18,9 @@ attention, rotary embedding and mask code run unchanged.
   ``HEADROOM`` more columns (one copy every ``HEADROOM`` steps at worst, instead of one per step).
 
 Memory follows the batch: buffers are sized to the rows and columns in use plus the headroom, sized
-down to the rows in use at each rebuild, and dropped when the batch empties. Invariant: the mask buffer is zero outside the live rows' windows,
-and the KV buffers hold finite values everywhere (zeros or old rows' keys), so masked columns
-never carry NaN into attention.
+down to the rows in use at each rebuild, and dropped when the batch empties. Invariant: the mask
+buffer is zero outside the live rows' windows, and the KV buffers hold finite values everywhere
+(zeros or old rows' keys), so masked columns never carry NaN into attention.
 """
 
 from __future__ import annotations
@@ -116,8 +116,9 @@ class SlotCache(BatchCache):
     def width(self) -> int:
         return self.end - self.start
 
-    def window(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        cols = slice(self.start, self.end)
+    def window(self, layer: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of ``layer``'s live keys and values, with ``extra`` columns past ``end``."""
+        cols = slice(self.start, self.end + extra)
         return self.k[layer][:self.rows, :, cols], self.v[layer][:self.rows, :, cols]
 
     def clear(self) -> None:
@@ -142,8 +143,7 @@ class SlotCache(BatchCache):
         n = keys.shape[2]
         self.k[layer][:self.rows, :, self.end:self.end + n] = keys
         self.v[layer][:self.rows, :, self.end:self.end + n] = values
-        cols = slice(self.start, self.end + n)
-        return self.k[layer][:self.rows, :, cols], self.v[layer][:self.rows, :, cols]
+        return self.window(layer, n)
 
     def advance(self, cache: Any, mask: torch.Tensor, tokens: torch.Tensor) -> None:
         assert self.lengths is not None
@@ -182,7 +182,7 @@ class SlotCache(BatchCache):
     def _make_room(self, rows: int, cols: int) -> None:
         """Row capacity for ``rows`` and at least ``cols`` columns left of ``end``."""
         assert self.mask_buf is not None
-        cap_rows, cap_cols = self.mask_buf.shape
+        cap_rows = self.mask_buf.shape[0]
         if rows > cap_rows or cols > self.end:
             left = max(0, cols - self.width)
             self._rebuild(max(cap_rows, _round_up(rows, ROW_STEP)), left + self.width + HEADROOM, left)
@@ -223,11 +223,8 @@ class SlotCache(BatchCache):
         if like is not None:  # keys and values may differ in shape (heads, head_dim) and dtype
             shapes = [(_shape(layer.keys), _shape(layer.values)) for layer in like.layers]
             self.k, self.v = [torch.empty(0)] * len(shapes), [torch.empty(0)] * len(shapes)
-            mask_dtype = torch.long
         else:
-            assert self.mask_buf is not None
             shapes = [(_shape(k), _shape(v)) for k, v in zip(self.k, self.v)]
-            mask_dtype = self.mask_buf.dtype
         width, src, live = self.width, slice(self.start, self.end), self.rows
         dst = slice(left, left + width)
         for bufs, which in ((self.k, 0), (self.v, 1)):
@@ -237,7 +234,7 @@ class SlotCache(BatchCache):
                 if live:
                     new[:live, :, dst] = bufs[i][:live, :, src]
                 bufs[i] = new
-        mask = torch.zeros((rows, cols), dtype=mask_dtype, device=self.device)
+        mask = torch.zeros((rows, cols), dtype=torch.long, device=self.device)
         if live:
             assert self.mask_buf is not None
             mask[:live, dst] = self.mask_buf[:live, src]

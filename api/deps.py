@@ -1,5 +1,6 @@
 """Typed dependencies: the routes get what the app factory built (gateway, responses, queue client, metrics,
-settings, files and batches)."""
+settings, files and batches). ``async``: FastAPI runs a plain ``def`` dependency in its thread pool,
+a thread hop on every request for an attribute read."""
 
 from __future__ import annotations
 
@@ -17,31 +18,31 @@ from .metrics import Metrics
 from .responses_api.service import Responses
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-def get_jobs(request: Request) -> JobClient:
+async def get_jobs(request: Request) -> JobClient:
     return request.app.state.jobs
 
 
-def get_responses(request: Request) -> Responses:
+async def get_responses(request: Request) -> Responses:
     return request.app.state.responses
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_files(request: Request) -> Files:
+async def get_files(request: Request) -> Files:
     return request.app.state.files
 
 
-def get_batches(request: Request) -> Batches:
+async def get_batches(request: Request) -> Batches:
     return request.app.state.batches
 
 

@@ -43,7 +43,6 @@ from . import responses
 from .anthropic import messages as anthropic
 from .metrics import Metrics
 from .middleware import request_started
-from .overload import check_queue
 from .schemas.anthropic import CountTokensRequest, MessagesRequest
 from .schemas.chat import ChatCompletionRequest
 from .schemas.completions import CompletionRequest
@@ -144,16 +143,18 @@ class Gateway:
     def _deadline(self) -> float:
         return time.time() + self.settings.request_timeout
 
-    async def _admit(self, job: JobBase) -> None:
-        """Refuse at once (429) when the model's queue is full; bind the job id for the log lines."""
-        await check_queue(self.redis, job.model, job.klass, self.settings.max_queue_depth)
+    async def _enqueue(self, task: str, job: JobBase, endpoint: Endpoint, meta: dict[str, Any],
+                       watch: bool, ttl: int | None = None) -> JobWatch[Any] | None:
+        """Bind the job id for the log lines; enqueue, refused at once (429) when the model's queue of
+        the job's class is full (LLMHOST_MAX_QUEUE_DEPTH)."""
         bind(job_id=job.job_id)
+        return await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=watch, ttl=ttl,
+                                      max_depth=self.settings.max_queue_depth)
 
     async def _submit(self, task: str, job: JobBase, endpoint: Endpoint, kind: str) -> Submitted[Any]:
         """Check, enqueue and watch; the watch counts the job in the metrics."""
         await self.ensure_served(job.model, kind)
-        await self._admit(job)
-        watch = await self.jobs.submit(task, job, endpoint=endpoint, meta={}, watch=True)
+        watch = await self._enqueue(task, job, endpoint, {}, watch=True)
         assert watch is not None
         watch.observer = self.metrics.track(endpoint, job.model, request_started())
         return Submitted(job.job_id, int(time.time()), job.model, watch)
@@ -229,8 +230,7 @@ class Gateway:
 
     async def _submit_background(self, task: str, job: JobBase, endpoint: Endpoint, meta: dict[str, Any]) -> dict[str, Any]:
         """Enqueue without waiting; the answer describes the job as accepted (queued)."""
-        await self._admit(job)
-        await self.jobs.submit(task, job, endpoint=endpoint, meta=meta, watch=False)
+        await self._enqueue(task, job, endpoint, meta, watch=False)
         return {"id": job.job_id, "object": "job", "status": "queued", "endpoint": endpoint,
                 "model": job.model, "created_at": int(time.time()), "started_at": None,
                 "finished_at": None, "result": None, "error": None}

@@ -207,31 +207,26 @@ def test_interactive_jobs_start_before_a_background_backlog(tmp_path, stack):
     proc.terminate()
 
 
-def test_a_job_recorded_but_never_sent_is_sent_by_a_reaper(stack):
-    """The API died between writing a job's record and sending its message (here: the record is
-    written exactly as the front writes it, and no message is sent): a worker's reaper finds it in
-    the outbox and sends it, and the job succeeds once."""
-    import asyncio
-
-    import redis.asyncio as aioredis
-
+def test_a_requeued_job_whose_message_was_never_sent_is_sent_by_a_reaper(stack):
+    """A reaper (or a front) requeued a dead worker's job (REAP_LUA: `queued` again, in the outbox)
+    and died before sending its message. Here the record is left exactly so, with no message: a
+    worker's reaper finds it in the outbox and sends it, and the job succeeds once. (A new job
+    cannot get there: its record and its message are written in one transaction.)"""
     from tasks.contract.payloads import TASK_GENERATE, GenerateJob, SamplingParams
-    from tasks.contract.records import OUTBOX, queue_name
-    from tasks.queue.store import JobStore
+    from tasks.contract.records import OUTBOX, job_key, queue_name
 
     job = GenerateJob(job_id="job-orphan-1", model=TINY_CHATML, prompts=["once"], deadline=time.time() + 120,
                       klass="background", sampling=SamplingParams(max_tokens=5, temperature=0))
-
-    async def record() -> None:
-        client = aioredis.Redis.from_url(stack.redis_url)
-        await JobStore(client, 600).create(job.job_id, "/v1/completions", job.model, {}, task=TASK_GENERATE,
-                                           queue=queue_name(job.model, "background"), klass="background",
-                                           payload=json.dumps(job.model_dump(mode="json")))
-        await client.aclose()
-
-    asyncio.run(record())
     r = stack.redis
-    assert r.zscore(OUTBOX, job.job_id) is not None
+    now = time.time()
+    with r.pipeline(transaction=True) as p:
+        p.hset(job_key(job.job_id), mapping={
+            "status": "queued", "endpoint": "/v1/completions", "model": job.model, "created_at": now, "meta": "{}",
+            "ttl": 600, "task": TASK_GENERATE, "queue": queue_name(job.model, "background"), "class": "background",
+            "payload": json.dumps(job.model_dump(mode="json")), "attempts": 0, "requeued_at": now})
+        p.expire(job_key(job.job_id), 600)
+        p.zadd(OUTBOX, {job.job_id: now})
+        p.execute()
     rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job.job_id])[0]),
                      60, "the orphaned job to be sent and run")
     assert rec["attempts"] == "1" and r.zscore(OUTBOX, job.job_id) is None

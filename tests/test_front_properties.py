@@ -13,13 +13,12 @@ from pydantic import ValidationError
 
 from api.errors import _loc_to_param, from_validation_error
 from api.middleware import sane_request_id
-from api.overload import retry_after
 from api.routes.legacy import _as_openai
 from api.schemas.chat import ChatCompletionRequest, ChatMessage
 from api.schemas.completions import CompletionRequest
 from api.schemas.legacy import GenerateRequest
 from api.security import KeyChecker, bearer_token
-from tasks.contract.errors import JobError
+from tasks.contract.errors import JobError, retry_after
 from tasks.contract.payloads import MIN_TEMPERATURE, MIN_TOP_P, SamplingParams
 from tasks.contract.settings import Settings
 

@@ -11,9 +11,8 @@ from pydantic import ValidationError
 
 from api.metrics import Metrics, outcome_of
 from api.middleware import sane_request_id
-from api.overload import queue_full, retry_after
 from api.security import KeyChecker, bearer_token
-from tasks.contract.errors import JobError
+from tasks.contract.errors import JobError, queue_full, retry_after
 from tasks.contract.logging_setup import ContextFilter, JsonFormatter, TextFormatter, job_logger, log_context
 from tasks.contract.payloads import GenerateResult, Output
 from tasks.contract.settings import Settings, load_api_keys

@@ -65,10 +65,9 @@ class Responses:
         """Stored and queued, answered at once (``queued``)."""
         stored, job = await self._prepare(req, background=True)
         await self.gw.ensure_served(job.model, "chat")
-        await self.gw._admit(job)
         await self.store.create(stored.id, stored.doc())
-        try:
-            await self.jobs.submit(TASK_GENERATE, job, endpoint=ENDPOINT, meta={}, watch=False, ttl=job.events_ttl)
+        try:  # a full queue refuses it (429): then nothing of it is kept
+            await self.gw._enqueue(TASK_GENERATE, job, ENDPOINT, {}, watch=False, ttl=job.events_ttl)
         except BaseException:
             await self.store.delete(stored.id)
             raise

@@ -6,19 +6,34 @@ worker registers the bodies from :mod:`tasks.worker.celery_tasks`.
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
 from typing import Any
 
 from celery import Celery
+from kombu.serialization import dumps
 
 from tasks.contract.settings import Settings
 
 
-def send_job(celery: Celery, task: str, payload: dict[str, Any], job_id: str, queue: str) -> None:
-    """Enqueue one job message (first delivery, or again after its worker died). Blocking: the front
-    calls it in a thread."""
-    celery.send_task(task, args=[payload], task_id=job_id, queue=queue,
-                     # Task events (Flower) show argsrepr: never the prompt.
-                     argsrepr=f"<{task} {job_id}>", kwargsrepr="{}")
+def task_message(celery: Celery, task: str, payload: dict[str, Any], job_id: str, queue: str) -> tuple[str, str]:
+    """One job's message as Celery's Redis transport would push it: (the list, the message), for the
+    caller to LPUSH itself, the front in the same transaction as the job's record (no thread, no
+    producer, no second round trip). Celery builds the task message (protocol 2); the envelope
+    around it is kombu's Redis one (tests/test_queue_message.py checks it against kombu's own).
+    Priority 0: the queue's plain list (kombu's other priority steps are never used here)."""
+    # Task events (Flower) show argsrepr: never the prompt.
+    reprs = {"argsrepr": f"<{task} {job_id}>", "kwargsrepr": "{}"}
+    headers, properties, body, _ = celery.amqp.create_task_message(
+        job_id, task, [payload], {}, reply_to=celery.thread_oid, ignore_result=None, **reprs)
+    content_type, encoding, data = dumps(body, serializer="json")
+    properties.update(reprs, delivery_mode=2, priority=0, body_encoding="base64", delivery_tag=str(uuid.uuid4()),
+                      delivery_info={"exchange": "", "routing_key": queue})
+    message = {"body": base64.b64encode(data.encode() if isinstance(data, str) else data).decode(),
+               "content-encoding": encoding, "content-type": content_type, "headers": headers,
+               "properties": properties}
+    return queue, json.dumps(message)
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # A worker whose model cannot be loaded exits with this code; the supervisor restarts it.
@@ -63,3 +64,23 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 def server_error(message: str, code: str | None = None) -> JobError:
     return JobError(message, status_code=500, type="server_error", code=code)
+
+
+# Overload: a job is refused at once (429) when its model's queue of its class already holds
+# LLMHOST_MAX_QUEUE_DEPTH jobs (checked in the same atomic step that enqueues it, JobStore.create).
+# A queue that keeps growing means the workers of that model cannot keep up; answering 429 with a
+# ``Retry-After`` lets clients back off instead of waiting in a line that ends in a 504.
+MAX_RETRY_AFTER = 5
+
+
+def retry_after(depth: int, limit: int) -> int:
+    """1 s at the limit, one more second per further queue's worth of waiting jobs, at most 5."""
+    return max(1, min(MAX_RETRY_AFTER, math.ceil(depth / max(limit, 1))))
+
+
+def queue_full(model: str, depth: int, limit: int) -> JobError:
+    return JobError(
+        f"The queue of `{model}` is full ({depth} jobs waiting, limit {limit}, LLMHOST_MAX_QUEUE_DEPTH); retry later.",
+        status_code=429, type="rate_limit_error", code="queue_full",
+        headers={"Retry-After": str(retry_after(depth, limit))},
+    )

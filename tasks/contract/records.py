@@ -22,10 +22,11 @@ WORKER_PATTERN = "llmhost:worker:*"
 # jobs it has taken and not yet ended: what must be delivered again if it dies.
 WORKER_NAMES = "llmhost:workers"
 HELD_KEY = "llmhost:held:{}"
-# Jobs whose record says `queued` but whose message may not have been sent yet (the front or a
-# reaper died, or Redis failed, between writing the record and sending): job id → when. Removed
+# Jobs whose record says `queued` again but whose message may not have been sent yet (a reaper or a
+# front died, or Redis failed, between REAP_LUA's requeue and the send): job id → when. Removed
 # once the message is sent; the reapers resend what stays here too long (a duplicate message is
-# harmless: a job is only started from `queued`).
+# harmless: a job is only started from `queued`). A new job never needs it: the front writes its
+# record and its message in one transaction (JobStore.create).
 OUTBOX = "llmhost:outbox"
 OUTBOX_GRACE_SECONDS = 10.0
 # A job's kept events (JobBase.events_ttl): a Redis Stream its worker writes, one entry per sequence

@@ -1,7 +1,8 @@
 """The front's interface to the queue: submit a job, follow its events, cancel it.
 
-Everything here is async and never blocks the event loop: Redis is reached with ``redis.asyncio``
-and Celery's (synchronous) producer runs in a worker thread. No torch is imported.
+Everything here is async and never blocks the event loop: Redis is reached with ``redis.asyncio``,
+and a job's Celery message (built by Celery, :func:`tasks.contract.celery_app.task_message`) is
+pushed in the same transaction as its record: one round trip, no thread. No torch is imported.
 
 Each API process subscribes once to its own reply channel (:class:`EventHub`), and every job it
 waits for names that channel in ``reply_to``: no Redis connection or SUBSCRIBE per request, and no
@@ -25,8 +26,8 @@ import redis.asyncio as aioredis
 from celery import Celery
 from pydantic import ValidationError
 
-from tasks.contract.celery_app import send_job
-from tasks.contract.errors import JobError, server_error
+from tasks.contract.celery_app import task_message
+from tasks.contract.errors import JobError, queue_full, server_error
 from tasks.contract.payloads import FINAL_STATUSES, TASK_GENERATE, Event, JobBase
 from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
 from tasks.queue.events import (
@@ -161,9 +162,10 @@ class JobClient:
         return cached
 
     async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool,
-                     ttl: int | None = None) -> "JobWatch | None":
-        """Record the job (kept ``ttl`` seconds when given, else the setting's), open its event queue (when
-        ``watch``), then enqueue it."""
+                     ttl: int | None = None, max_depth: int = 0) -> "JobWatch | None":
+        """Open the job's event queue (when ``watch``), then record and enqueue it in one atomic
+        step (its record kept ``ttl`` seconds when given, else the setting's). With ``max_depth``,
+        a queue that already holds that many jobs refuses it: 429 ``queue_full``, nothing written."""
         job_id, model = job.job_id, job.model
         watcher: JobWatch[Any] | None = None
         if watch:
@@ -172,18 +174,21 @@ class JobClient:
         queue = queue_name(model, job.klass)
         payload = job.model_dump(mode="json")
         try:
-            await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=job.klass,
-                                    payload=json.dumps(payload), ttl=ttl)
-            await asyncio.to_thread(send_job, self.celery, task, payload, job_id, queue)
-            await self.store.sent(job_id)
+            depth = await self.store.create(job_id, endpoint, model, meta, task=task, queue=queue, klass=job.klass,
+                                            payload=json.dumps(payload), ttl=ttl, max_depth=max_depth,
+                                            message=task_message(self.celery, task, payload, job_id, queue))
         except BaseException:
-            # Interrupted (the client left, Redis failed) once the record may exist: the job must
-            # still end in a final state, and a message already on its way must not run (cancelling
-            # an unknown job is a no-op). As its own task: we may be inside a cancelled scope.
+            # Interrupted (the client left, Redis failed) when the job may exist: it must still end
+            # in a final state, and its message must not run (cancelling an unknown job is a
+            # no-op). As its own task: we may be inside a cancelled scope.
             if watcher:
                 await watcher.close()
             cancel_soon(self, job_id, "the request ended before the job was queued")
             raise
+        if depth is not None:  # refused: nothing was written
+            if watcher:
+                await watcher.close()
+            raise queue_full(model, depth, max_depth)
         return watcher
 
     async def cancel(self, job_id: str, reason: str = "cancelled by the client") -> bool:
@@ -215,7 +220,7 @@ class JobClient:
             return False
         if not await self.store.mark_requeued(job_id):
             return False
-        await asyncio.to_thread(send_job, self.celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
+        await self.redis.lpush(*task_message(self.celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"]))
         log.warning("job %s: its message was lost; sent again", job_id, extra={"job_id": job_id})
         return True
 
@@ -228,9 +233,8 @@ class JobClient:
         if rec["status"] in ("queued", "running") and worker and not await self.worker_alive(worker):
             outcome = await self.store.reap(job_id, worker, self.max_attempts)
             if outcome == "requeue" and rec.get("payload"):
-                await asyncio.to_thread(send_job, self.celery, rec["task"], json.loads(rec["payload"]), job_id,
-                                        rec["queue"])
-                await self.store.sent(job_id)
+                await self.store.send(job_id, task_message(self.celery, rec["task"], json.loads(rec["payload"]),
+                                                           job_id, rec["queue"]))
             return await self.store.get(job_id) or rec
         if (rec["status"] == "queued" and rec.get("class", "interactive") == "interactive"
                 and not await self.model_has_worker(rec.get("model", ""))):

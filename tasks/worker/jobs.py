@@ -60,8 +60,14 @@ class WorkerJobs:
         raw = self._r.hgetall(job_key(job_id))
         return outcome, decode_record(raw) if raw else None
 
-    def sent(self, job_id: str) -> None:
-        self._r.zrem(OUTBOX, job_id)
+    def sent(self, job_id: str, message: tuple[str, str] | None = None) -> None:
+        """Take the job out of the outbox; with ``message`` (``task_message``), push it in the same
+        transaction (a reaper that dies between the two must not leave it out of both)."""
+        with self._r.pipeline(transaction=True) as p:
+            if message is not None:
+                p.lpush(*message)
+            p.zrem(OUTBOX, job_id)
+            p.execute()
 
     def unsent(self, before: float, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
         """Outbox jobs older than ``before`` that still wait for their message (queued, taken by

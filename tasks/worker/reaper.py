@@ -22,7 +22,7 @@ import time
 import redis
 from celery import Celery
 
-from tasks.contract.celery_app import send_job
+from tasks.contract.celery_app import task_message
 from tasks.contract.records import HELD_KEY, OUTBOX_GRACE_SECONDS, WORKER_KEY, WORKER_NAMES
 from tasks.worker.jobs import WorkerJobs
 
@@ -90,6 +90,6 @@ class Reaper:
         return counts
 
     def _send(self, job_id: str, rec: dict) -> None:
-        if rec.get("payload"):
-            send_job(self._celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
-        self._jobs.sent(job_id)
+        message = task_message(self._celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"]) \
+            if rec.get("payload") else None
+        self._jobs.sent(job_id, message)

@@ -5,9 +5,12 @@ A small state machine (after nano-vllm's ``step() = schedule → run → postpro
 
 * schedule: the :class:`~handlers.scheduler.Scheduler` admits waiting sequences that fit (batch
   size, KV token budget, prefill chunk, priority classes), or none: then the step is a decode;
-* run: a prefill runs the admitted prompts as one left-padded forward and merges their KV rows into
-  the batch (:class:`~handlers.batch_cache.BatchCache`); a decode advances every running sequence
-  by one token in one forward; the :class:`~handlers.sampler.Sampler` picks each row's token;
+* run: where the model has a fast path (:mod:`handlers.fast_decode`, over the slot cache), one pass
+  advances every running sequence by one token and prefills the admitted prompts, which join the
+  batch in the same pass (a prefill never stalls the running streams); otherwise a prefill runs
+  the admitted prompts as one left-padded forward and merges their KV rows into the batch
+  (:class:`~handlers.batch_cache.BatchCache`), and a decode advances every running sequence by one
+  token in one forward; the :class:`~handlers.sampler.Sampler` picks each row's token;
 * postprocess: each :class:`~handlers.sequence.Sequence` takes its token, and the rows of the
   sequences that ended (stop, length, cancelled) leave the batch at once.
 
@@ -110,8 +113,10 @@ class Engine:
     def step(self) -> list[StepOutput]:
         with torch.inference_mode():  # the KV buffers are inference tensors, changed in place
             outputs = self._drop_cancelled()
-            admitted = self.scheduler.schedule(self.kv.tokens)
-            if admitted:
+            admitted = self.scheduler.schedule(self.kv.tokens, mixed=self.fast is not None)
+            if admitted and self.fast is not None and admitted[0].params.prompt_logprobs is None:
+                outputs += self._mixed(admitted)
+            elif admitted:
                 outputs += self._prefill(admitted)
             elif self.running:
                 outputs += self._decode()
@@ -136,12 +141,36 @@ class Engine:
             self.scheduler.join([group[i] for i in keep])
         return outputs
 
+    def _mixed(self, group: list[Sequence]) -> list[StepOutput]:
+        """The running rows' decode and the group's prefill in one pass (handlers/fast_decode.py):
+        the group's rows join the slot cache first, starting from their cached prefixes; every row's
+        token goes out, and the rows that ended leave."""
+        assert isinstance(self.kv, SlotCache) and self.fast is not None
+        kv, running = self.kv, self.running
+        prefixes = kv.prefix_cache
+        hits = [prefixes.lookup(seq.prompt_ids) if prefixes is not None else (0, None) for seq in group]
+        places = kv.admit([len(seq.prompt_ids) for seq in group], [prefix for _, prefix in hits], self.fast.kv_shapes)
+        mask = kv.decode_inputs()["attention_mask"]  # opens this step's column for every row
+        logits = self.fast(kv, [fast_decode.Joining(row, first, cached, seq.prompt_ids[cached:])
+                                for seq, (cached, _), (row, first) in zip(group, hits, places)])
+        kv.remember_joined([seq.prompt_ids for seq in group], places)
+        rows = running + group
+        self.last_batch = len(rows)
+        tokens = self.sampler.sample(rows, logits)
+        kv.advance(None, mask, tokens)
+        self.scheduler.join(group)
+        outputs, keep = self._postprocess(rows, tokens)
+        if len(keep) < len(rows):
+            self._keep_rows(keep)
+        return outputs
+
     def _decode(self) -> list[StepOutput]:
         running = self.running
         self.last_batch = len(running)
         inputs = self.kv.decode_inputs()
         if self.fast is not None:
-            logits, cache = self.fast(self.kv, inputs), None
+            assert isinstance(self.kv, SlotCache)
+            logits, cache = self.fast(self.kv), None
         else:
             out = self.model(**inputs, use_cache=True)
             logits, cache = out.logits[:, -1], out.cache

@@ -6,7 +6,10 @@ cores that dispatch is serial Python while the matmuls wait. This runs the same 
 weights with fewer ops: q/k/v and gate/up as one matmul each where :mod:`handlers.cpu_linear`
 fused them, RoPE on q and k together, the new keys/values written straight into the slot buffers
 (:meth:`handlers.slot_cache.SlotCache.write`), one SDPA over the live window, and only the rows'
-last positions through the LM head. Prefill stays on the model's own forward.
+last positions through the LM head. Rows joining the batch are prefilled in the same pass
+(:class:`Joining`): their prompt tokens go through the matmuls with the running rows' tokens, and
+only their attention is their own (vLLM's mixed prefill/decode batches); a prompt that wants
+logits at every position (echo) still takes the model's forward.
 
 Only for architectures whose decoder layer is exactly Llama's (``LlamaForCausalLM``,
 ``Qwen2ForCausalLM``, ``MistralForCausalLM``: pre-norm RMSNorm, attention with optional q/k/v bias
@@ -17,7 +20,8 @@ check it gives the model's forward's tokens.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +70,17 @@ class _Layer:
         self.scaling = attn.scaling
 
 
+@dataclass(frozen=True)
+class Joining:
+    """A row joining the batch in this step (:meth:`SlotCache.admit` made its place): its prompt's
+    tokens after the ``cached`` prefix already in the buffers, from column ``first`` of row ``row``."""
+
+    row: int
+    first: int
+    cached: int
+    ids: list[int]
+
+
 class FastDecoder:
     def __init__(self, model: Any) -> None:
         config = model.config
@@ -77,28 +92,70 @@ class FastDecoder:
         self.norm = (model.model.norm.weight, model.model.norm.variance_epsilon)
         self.lm_head = _linear(model.lm_head)
         self.layers = [_Layer(layer) for layer in model.model.layers]
+        dtype = self.embed.weight.dtype
+        self.kv_shapes = [((self.kv_heads, self.head_dim, dtype),) * 2 for _ in self.layers]
 
-    def __call__(self, kv: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        """Logits ``[rows, vocab]`` of one decode step over ``kv.decode_inputs()``; the new keys and
-        values are written into ``kv``'s buffers (its ``advance`` follows, as after the model's forward)."""
-        ids, positions, mask = inputs["input_ids"], inputs["position_ids"], inputs["attention_mask"]
-        rows, heads, kv_heads, dim = ids.shape[0], self.heads, self.kv_heads, self.head_dim
-        x = self.embed(ids)  # [rows, 1, hidden]
-        cos, sin = self.rotary(x, positions)  # [rows, 1, head_dim]
-        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # broadcast over heads in [rows, 1, heads, dim]
+    def __call__(self, kv: SlotCache, joining: Sequence[Joining] = ()) -> torch.Tensor:
+        """Logits ``[rows, vocab]`` of one step: each running row (the first ``kv.rows -
+        len(joining)``, after ``kv.decode_inputs()``) feeds its pending token at column ``kv.end``,
+        and each joining row computes its prompt (after its cached prefix), attending causally
+        over its own columns. One pass through the layers for all of their tokens: the matmuls see
+        every token at once, only attention is per joining row. New keys and values go straight
+        into the buffers (``kv.advance`` follows); the logits are those of each row's last token."""
+        assert kv.lengths is not None and kv.pending is not None and kv.mask_buf is not None
+        running, end, dev = kv.rows - len(joining), kv.end, kv.device
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        ids, positions = kv.pending[:running], kv.lengths[:running]
+        spans, masks = [], []  # per joining row: its tokens' offset and its causal mask
+        if joining:
+            offset = running
+            for j in joining:
+                spans.append((offset, len(j.ids)))
+                offset += len(j.ids)
+                own = end + 1 - j.first  # its columns: [first, end]
+                masks.append(torch.arange(own, device=dev)[None, :]
+                             <= torch.arange(j.cached, own, device=dev)[:, None])
+            ids = torch.cat([ids, torch.tensor([t for j in joining for t in j.ids], device=dev)])
+            positions = torch.cat([positions, torch.tensor([p for j in joining for p in range(j.cached, j.cached + len(j.ids))],
+                                                           device=dev)])
+        tokens = ids.shape[0]
+        x = self.embed(ids)  # [tokens, hidden]
+        cos, sin = self.rotary(x[None], positions[None])  # [1, tokens, head_dim]
+        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # broadcast over heads in [tokens, heads, dim]
+        mask = kv.mask_buf[:running, kv.start:end + 1]
         attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
         half = dim // 2
         for i, layer in enumerate(self.layers):
-            qkv = layer.qkv(_rms_norm(x, *layer.norm1)).view(rows, 1, heads + 2 * kv_heads, dim)
-            qk = qkv[:, :, :heads + kv_heads]
+            qkv = layer.qkv(_rms_norm(x, *layer.norm1)).view(tokens, heads + 2 * kv_heads, dim)
+            qk = qkv[:, :heads + kv_heads]
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
-            keys, values = kv.write(i, qk[:, :, heads:].transpose(1, 2), qkv[:, :, heads + kv_heads:].transpose(1, 2))
-            out = F.scaled_dot_product_attention(qk[:, :, :heads].transpose(1, 2), keys, values, attn_mask=attn_mask,
-                                                 scale=layer.scaling, enable_gqa=kv_heads != heads)
-            x = x + layer.o(out.transpose(1, 2).reshape(rows, 1, heads * dim))
+            q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads:]
+            keys, values = kv.k[i], kv.v[i]
+            outs = []
+            if running:
+                keys[:running, :, end] = k[:running]
+                values[:running, :, end] = v[:running]
+                window = slice(kv.start, end + 1)
+                out = F.scaled_dot_product_attention(q[:running, :, None], keys[:running, :, window],
+                                                     values[:running, :, window], attn_mask=attn_mask,
+                                                     scale=layer.scaling, enable_gqa=kv_heads != heads)
+                outs.append(out.reshape(running, heads * dim))
+            for j, (at, n), causal in zip(joining, spans, masks):
+                cols = slice(j.first + j.cached, end + 1)
+                keys[j.row, :, cols] = k[at:at + n].transpose(0, 1)
+                values[j.row, :, cols] = v[at:at + n].transpose(0, 1)
+                span = slice(j.first, end + 1)
+                out = F.scaled_dot_product_attention(q[at:at + n].transpose(0, 1)[None], keys[j.row:j.row + 1, :, span],
+                                                     values[j.row:j.row + 1, :, span], attn_mask=causal,
+                                                     scale=layer.scaling, enable_gqa=kv_heads != heads)
+                outs.append(out[0].transpose(0, 1).reshape(n, heads * dim))
+            x = x + layer.o(outs[0] if len(outs) == 1 else torch.cat(outs))
             gate, up = layer.gate_up(_rms_norm(x, *layer.norm2)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
-        return self.lm_head(_rms_norm(x, *self.norm))[:, -1]
+        if joining:  # each row's last token
+            last = list(range(running)) + [at + n - 1 for at, n in spans]
+            x = x[torch.tensor(last, device=dev)]
+        return self.lm_head(_rms_norm(x, *self.norm))
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

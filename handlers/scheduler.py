@@ -9,7 +9,8 @@ they fit:
 * one prefill takes at most ``max_prefill_tokens`` prompt tokens (the rest go in the next one), and a
   sequence that asks for its prompt's logprobs is prefilled alone (it needs logits at every position);
 * never two prefills in a row while sequences are running: a burst of arrivals cannot starve the
-  running streams, and a new arrival still gets its first token after at most one decode;
+  running streams, and a new arrival still gets its first token after at most one decode (where
+  the engine decodes the running rows in the prefill's own pass, nobody waits: no such rule);
 * with ``reserved_slots`` > 0, the lower classes (priority ≥ 1) together hold at most ``max_batch -
   reserved_slots`` rows, so a batch full of background work always has a row for the next
   interactive request (no preemption needed); interactive sequences (priority 0) hold as many
@@ -59,10 +60,12 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running) or any(self._queues.values())
 
-    def schedule(self, kv_tokens: int) -> list[Sequence]:
-        """The sequences to prefill now, marked running; empty: decode the running batch."""
+    def schedule(self, kv_tokens: int, mixed: bool = False) -> list[Sequence]:
+        """The sequences to prefill now, marked running; empty: decode the running batch.
+        ``mixed``: the engine advances the running rows in the same pass as it prefills (all but a
+        prompt that wants its logprobs): such a prefill stalls nobody and may follow another."""
         admitted = [] if (self._prefilled_last and self.running) else self._admit(kv_tokens)
-        self._prefilled_last = bool(admitted)
+        self._prefilled_last = bool(admitted) and not (mixed and admitted[0].params.prompt_logprobs is None)
         for seq in admitted:
             self._queues[seq.priority].remove(seq)
             seq.start()

@@ -32,7 +32,10 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .batch_cache import BatchCache
-from .prefix_cache import PrefixCache
+from .prefix_cache import KV, PrefixCache
+
+Shape = tuple[int, int, torch.dtype]  # one buffer's (heads, head_dim, dtype)
+Shapes = tuple[Shape, Shape]  # a layer's keys' and values'
 
 HEADROOM = 64  # spare columns (and the step of growth): a rebuild at most every HEADROOM decode steps
 ROW_STEP = 8  # rows are allocated in multiples of this
@@ -179,6 +182,53 @@ class SlotCache(BatchCache):
         self.rows += new
         self.start = min(self.start, self.end - cols)
 
+    def admit(self, lengths: list[int], prefixes: list[KV | None], shapes: list[Shapes]) -> list[tuple[int, int]]:
+        """Places for rows that join in this step's pass (:class:`handlers.fast_decode.Joining`):
+        (row, first column) for each prompt of ``lengths`` tokens, right-aligned to end at column
+        ``end``, the column this step writes. Each cached prefix (``prefixes``) is copied in now;
+        the rest of its keys and values are written by the pass. Its mask covers its columns before
+        ``end`` (``decode_inputs`` opens ``end`` for every row); its length counts all but its last
+        token and its pending token is a placeholder, until ``advance``. ``shapes``: the buffers'
+        (heads, head_dim, dtype) per layer for keys and values, used when the batch is empty."""
+        new, longest = len(lengths), max(lengths)
+        if not self.rows:
+            self.clear()
+            self._rebuild(_round_up(new, ROW_STEP), longest + HEADROOM, 0, shapes=shapes)
+            self.start = self.end = longest - 1
+            self.lengths = self.pending = torch.zeros(0, dtype=torch.long, device=self.device)
+        else:
+            assert self.mask_buf is not None
+            cap_rows, cap_cols = self.mask_buf.shape
+            if self.rows + new > cap_rows or self.end >= cap_cols or self.end < longest - 1:
+                left = max(0, longest - 1 - self.width)
+                self._rebuild(max(cap_rows, _round_up(self.rows + new, ROW_STEP)), left + self.width + HEADROOM, left)
+        assert self.mask_buf is not None and self.lengths is not None and self.pending is not None
+        places = []
+        for g, (n, prefix) in enumerate(zip(lengths, prefixes)):
+            row, first = self.rows + g, self.end + 1 - n
+            self.mask_buf[row, first:self.end] = 1
+            for i, (keys, values) in enumerate(prefix or ()):
+                cached = keys.shape[2]
+                self.k[i][row, :, first:first + cached] = keys[0]
+                self.v[i][row, :, first:first + cached] = values[0]
+            places.append((row, first))
+        self.lengths = torch.cat([self.lengths, torch.tensor([n - 1 for n in lengths], device=self.device)])
+        self.pending = torch.cat([self.pending, torch.zeros(new, dtype=self.pending.dtype, device=self.device)])
+        self.rows += new
+        self.start = min(self.start, self.end + 1 - longest)
+        return places
+
+    def remember_joined(self, prompts: list[list[int]], places: list[tuple[int, int]]) -> None:
+        """After the pass that prefilled them: keep each joined prompt's block-aligned prefix."""
+        if self.prefix_cache is None:
+            return
+        for ids, (row, first) in zip(prompts, places):
+            want = self.prefix_cache.usable_length(len(ids))
+            if want > 0:
+                cols = slice(first, first + want)
+                self.prefix_cache.store(ids, [(k[row:row + 1, :, cols], v[row:row + 1, :, cols])
+                                              for k, v in zip(self.k, self.v)])
+
     def _make_room(self, rows: int, cols: int) -> None:
         """Row capacity for ``rows`` and at least ``cols`` columns left of ``end``."""
         assert self.mask_buf is not None
@@ -216,12 +266,14 @@ class SlotCache(BatchCache):
 
     # --- buffers -----------------------------------------------------------------------------------
 
-    def _rebuild(self, rows: int, cols: int, left: int, like: Any = None) -> None:
+    def _rebuild(self, rows: int, cols: int, left: int, like: Any = None, shapes: list[Shapes] | None = None) -> None:
         """New buffers of ``rows`` × ``cols``; the live window is copied to start at column ``left``.
         One buffer at a time: the old one is dropped as its copy is made, so the peak is the cache
-        plus one layer's buffer, not two caches."""
+        plus one layer's buffer, not two caches. The buffers' shapes are those of ``like``'s layers
+        (a prefill's cache) or ``shapes``, else the current ones."""
         if like is not None:  # keys and values may differ in shape (heads, head_dim) and dtype
             shapes = [(_shape(layer.keys), _shape(layer.values)) for layer in like.layers]
+        if shapes is not None:
             self.k, self.v = [torch.empty(0)] * len(shapes), [torch.empty(0)] * len(shapes)
         else:
             shapes = [(_shape(k), _shape(v)) for k, v in zip(self.k, self.v)]
@@ -244,7 +296,7 @@ class SlotCache(BatchCache):
             self.cache = Cache(layers=[_SlotLayer(self, i) for i in range(len(self.k))])
 
 
-def _shape(t: torch.Tensor) -> tuple[int, int, torch.dtype]:
+def _shape(t: torch.Tensor) -> Shape:
     """(heads, head_dim, dtype) of a [rows, heads, columns, head_dim] tensor."""
     return t.shape[1], t.shape[3], t.dtype
 

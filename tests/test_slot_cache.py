@@ -23,6 +23,7 @@ from tests.test_families import load
 PLAN = [(0, "Tell me about the sea.", 14), (0, "Hi", 5), (2, "Once upon a time there was a long prompt " * 5, 20),
         (3, "x", 3), (6, "What is the capital of France?", 25), (6, "Write a poem about castles.", 9),
         (9, "A very long prompt arrives while the batch is narrow " * 6, 12), (30, "Hello again", 8),
+        (40, "Once upon a time there was a long prompt " * 5 + "and then another", 6),  # a cached prefix
         (75, "After a gap, with nobody running.", 10)]
 
 
@@ -55,10 +56,41 @@ def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monke
     assert got == expected
     fastest, decoded = run_plan(h, True, ignore, fast=True)
     assert fastest.fast is not None  # both tiny models are Llama-shaped (Qwen2, Llama)
-    assert decoded == expected
+    assert decoded == expected  # rows joining in the running rows' pass, from cached prefixes too
+    assert fastest.prefix_cache is not None and fastest.prefix_cache.hits > 0
     assert [len(t) for t in got] == [n for _, _, n in PLAN]
     assert len(rebuilds) > 5  # growth to the right, room on the left, more rows: all exercised
     assert fast.kv.rows == 0 and fast.kv_tokens == 0 and fast.kv.k == []  # emptied, memory dropped
+
+
+def test_rows_join_in_the_running_rows_pass_with_their_own_tokens(tiny_models):
+    """With the fast path a prefill is part of a decode pass: the running row advances in the same
+    step as new rows get their first tokens, prefills may follow one another, and every sequence
+    still gets the tokens it gets alone (fp32)."""
+    h = load(tiny_models, TINY_CHATML, dtype="float32")
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    texts = ["Tell me about the sea.", "Hi", "Once upon a time there was a long prompt " * 4, "x"]
+    prompts = [h.encode_chat([Message(role="user", content=t)]) for t in texts]
+    engine = Engine(h, max_batch=4)
+    assert engine.fast is not None
+    with torch.inference_mode():
+        first = engine.add("a", prompts[0], greedy, 12)
+        engine.step()
+        assert len(first.token_ids) == 1
+        seqs = [first]
+        for n, ids in enumerate(prompts[1:], start=1):  # one arrival per step, each prefilled at once
+            seqs.append(engine.add(f"s{n}", ids, greedy, 12))
+            engine.step()
+            assert [len(s.token_ids) for s in seqs] == list(range(n + 1, 0, -1))
+        while engine.has_work():
+            engine.step()
+        alone = []
+        for n, ids in enumerate(prompts):
+            solo = Engine(h, max_batch=1, prefix_cache_tokens=0, slot_cache=False, fast=False)
+            alone.append(solo.add(f"alone{n}", ids, greedy, 12))
+            while solo.has_work():
+                solo.step()
+    assert [s.token_ids for s in seqs] == [s.token_ids for s in alone]
 
 
 def test_slot_cache_window_is_as_wide_as_the_longest_row(tiny_models):
@@ -97,7 +129,7 @@ def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
         while engine.waiting:
             engine.step()
         inputs = engine.kv.decode_inputs()
-        fast = engine.fast(engine.kv, inputs).float()
+        fast = engine.fast(engine.kv).float()
         model = h.model(**inputs, use_cache=True).logits[:, -1].float()
     torch.testing.assert_close(fast, model, atol=0.1, rtol=0.05)
 

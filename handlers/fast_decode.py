@@ -123,7 +123,8 @@ class FastDecoder:
         cos, sin = self.rotary(x[None], positions[None])  # [1, tokens, head_dim]
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # broadcast over heads in [tokens, heads, dim]
         mask = kv.mask_buf[:running, kv.start:end + 1]
-        attn_mask = None if bool(mask.all()) else mask.bool()[:, None, None, :]
+        bias = None if bool(mask.all()) else torch.zeros(mask.shape, device=dev).masked_fill_(
+            mask == 0, float("-inf"))[:, None, None, :]  # [rows, 1, 1, columns], added to the scores
         half = dim // 2
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(_rms_norm(x, *layer.norm1)).view(tokens, heads + 2 * kv_heads, dim)
@@ -136,10 +137,8 @@ class FastDecoder:
                 keys[:running, :, end] = k[:running]
                 values[:running, :, end] = v[:running]
                 window = slice(kv.start, end + 1)
-                out = F.scaled_dot_product_attention(q[:running, :, None], keys[:running, :, window],
-                                                     values[:running, :, window], attn_mask=attn_mask,
-                                                     scale=layer.scaling, enable_gqa=kv_heads != heads)
-                outs.append(out.reshape(running, heads * dim))
+                outs.append(_one_query_attention(q[:running], keys[:running, :, window], values[:running, :, window],
+                                                 bias, layer.scaling))
             for j, (at, n), causal in zip(joining, spans, masks):
                 cols = slice(j.first + j.cached, end + 1)
                 keys[j.row, :, cols] = k[at:at + n].transpose(0, 1)
@@ -156,6 +155,24 @@ class FastDecoder:
             last = list(range(running)) + [at + n - 1 for at, n in spans]
             x = x[torch.tensor(last, device=dev)]
         return self.lm_head(_rms_norm(x, *self.norm))
+
+
+def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                         scale: float) -> torch.Tensor:
+    """Attention of one query per row over its window: ``q`` [rows, heads, dim], ``keys`` and
+    ``values`` [rows, kv_heads, columns, dim], ``bias`` None or [rows, 1, 1, columns] (0 or -inf);
+    returns [rows, heads * dim]. Two batched matmuls, the heads grouped by their key/value head
+    (as transformers' ``repeat_kv`` pairs them), softmax in float32. On CPU this is 4-5× faster than
+    ``scaled_dot_product_attention``, whose flash kernel is built for long queries: at 32 SmolLM2
+    rows it was half of a decode step (AVX512-BF16, ``torch.profiler``)."""
+    rows, heads, dim = q.shape
+    kv_heads = keys.shape[1]
+    grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float().mul_(scale)  # [rows, kv_heads, group, columns]
+    if bias is not None:
+        scores.add_(bias)
+    probs = torch.softmax(scores, dim=-1).to(values.dtype)
+    return torch.matmul(probs, values).reshape(rows, heads * dim)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -58,9 +58,11 @@ def create_celery(settings: Settings) -> Celery:
         # Queues are per model and made on first use; nothing goes to a default queue.
         task_create_missing_queues=True,
         task_default_queue="llmhost.default",
-        # Flower reads task events from the workers (received/started/succeeded); the front sends
-        # no "sent" event: it would cost every request a publish on the hot path.
-        worker_send_task_events=True,
+        # Flower reads task events from the workers (received/started/succeeded). Each is a publish
+        # on a job's hot path, so workers start without them and send them once a monitor asks:
+        # Flower turns them on in the workers it watches (its `enable_events`, on by default, every
+        # few seconds). The front never sends a "sent" event.
+        worker_send_task_events=False,
         task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet = ["--quiet"] if settings.log_format == "json" else []  # no startup banner among JSON lines
         app.worker_main([
             *quiet, "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",
-            "-Q", ",".join(runtime.queues()), "-n", name, "-E",
+            "-Q", ",".join(runtime.queues()), "-n", name,
             "--without-gossip", "--without-mingle", f"--loglevel={settings.log_level}",
         ])
     finally:

@@ -2,7 +2,8 @@
 
     python -m bench.versus                                   # start both servers itself, one after the other
     python -m bench.versus --concurrency 1 2 --tokens 8      # a quick check
-    python -m bench.versus --rounds 3 --json bench/results/versus.json
+    python -m bench.versus --rounds 3 --json bench/results/versus.json --plot docs/bench-versus.png
+    python -m bench.versus --replot bench/results/versus.json --plot docs/bench-versus.png   # redraw only
     python -m bench.versus --only llmhost --llmhost-url http://127.0.0.1:41443   # drive a running server
 
 What it measures: for each concurrency level N, N clients each send --requests-per-client streaming
@@ -261,7 +262,35 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--llmhost-url", help="drive this running LLM-Host instead of starting one")
     p.add_argument("--vllm-url", help="drive this running vLLM instead of starting one")
     p.add_argument("--json", help="also write the results as JSON here")
+    p.add_argument("--plot", help="also draw the table (tok/s and TTFT p50 against concurrency) as a PNG here")
+    p.add_argument("--replot", metavar="JSON", help="only draw --plot from an earlier run's --json, then exit")
     return p.parse_args()
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Both servers' best tok/s and TTFT p50 at each concurrency, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    xs = [r["concurrency"] for r in rows]
+    for key, label in (("llmhost", "LLM-Host"), ("vllm", "vLLM")):
+        if any(r[f"{key}_tok_s"] for r in rows):
+            a.plot(xs, [r[f"{key}_tok_s"] for r in rows], marker="o", label=label)
+            b.plot(xs, [r[f"{key}_ttft_p50_ms"] for r in rows], marker="o", label=label)
+    a.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput", xscale="log")
+    b.set(xlabel="concurrent streams", ylabel="TTFT p50 (ms)", title="Time to first token", xscale="log", yscale="log")
+    for ax in (a, b):
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def plan(args: argparse.Namespace) -> list[str]:
@@ -277,6 +306,12 @@ def plan(args: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        if not args.plot:
+            raise SystemExit("--replot needs --plot PATH")
+        data = json.loads(Path(args.replot).read_text())
+        plot(data["table"], args.plot, f"{data['model']} ({data['dtype']}), {data['date'][:10]}")
+        return
     kinds = plan(args)
     command = shlex.join([Path(sys.executable).name, "-m", "bench.versus", *sys.argv[1:]])
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -298,6 +333,8 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         print(f"json: {args.json}")
+    if args.plot:
+        plot(rows, args.plot, f"{MODEL} (bfloat16), {date[:10]}")
 
 
 if __name__ == "__main__":

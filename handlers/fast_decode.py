@@ -4,9 +4,9 @@ The model's own forward runs ~50 tensor ops and a dozen module calls per layer f
 per row, and builds a mask, a cache-position vector and output objects on every step; on 2 CPU
 cores that dispatch is serial Python while the matmuls wait. This runs the same math from the same
 weights with fewer ops: q/k/v and gate/up as one matmul each where :mod:`handlers.cpu_linear`
-fused them, RoPE on q and k together, the new keys/values written straight into the slot buffers
-(:meth:`handlers.slot_cache.SlotCache.write`), one SDPA over the live window, and only the rows'
-last positions through the LM head. Rows joining the batch are prefilled in the same pass
+fused them, RMSNorm as one fused op, RoPE on q and k together, the new keys/values written
+straight into the slot buffers, the running rows' attention as two batched matmuls over the live
+window (:func:`_one_query_attention`), and only the rows' last positions through the LM head. Rows joining the batch are prefilled in the same pass
 (:class:`Joining`): their prompt tokens go through the matmuls with the running rows' tokens, and
 only their attention is their own (vLLM's mixed prefill/decode batches); a prompt that wants
 logits at every position (echo) still takes the model's forward.

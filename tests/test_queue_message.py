@@ -4,6 +4,7 @@ workers would read it differently (every e2e test then also runs jobs sent this 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -19,7 +20,13 @@ def _kombu_pushed(r, queue: str) -> dict:
 
 def test_the_message_is_the_one_celerys_producer_pushes(stack):
     celery = create_celery(Settings(redis_url=stack.redis_url))
-    r = stack.redis
+    try:
+        _compare(celery, stack.redis)
+    finally:
+        celery.close()
+
+
+def _compare(celery, r) -> None:
     queue, task, job_id = "llmhost.test.message-format", "llmhost.generate", "job-format-1"
     payload = {"job_id": job_id, "model": "m", "text": "é \u2603 \"quoted\""}
 
@@ -39,4 +46,36 @@ def test_the_message_is_the_one_celerys_producer_pushes(stack):
     assert {k: v for k, v in ours["properties"].items() if k not in unique} \
         == {k: v for k, v in theirs["properties"].items() if k not in unique}
     assert ours["properties"]["delivery_tag"] != theirs["properties"]["delivery_tag"]
-    celery.close()
+
+
+def test_a_job_is_recorded_with_its_message_or_not_at_all(stack):
+    """JobStore.create writes the record and pushes the message in one step; at the queue's depth
+    limit it writes neither and answers the depth."""
+    import redis.asyncio as aioredis
+
+    from tasks.contract.records import job_key
+    from tasks.queue.store import JobStore
+
+    queue = "llmhost.test.depth-limit"
+    r = stack.redis
+    r.delete(queue)
+
+    async def create(job_id: str, max_depth: int) -> int | None:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            return await JobStore(client, 60).create(job_id, "/v1/completions", "m", {"k": 1}, task="t", queue=queue,
+                                                     klass="interactive", payload="{}", max_depth=max_depth,
+                                                     message=(queue, f"message of {job_id}"))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(create("job-depth-1", 2)) is None
+    assert asyncio.run(create("job-depth-2", 2)) is None
+    assert asyncio.run(create("job-depth-3", 2)) == 2  # the limit: refused
+    assert asyncio.run(create("job-depth-4", 0)) is None  # no limit
+    assert r.lrange(queue, 0, -1) == [b"message of job-depth-4", b"message of job-depth-2", b"message of job-depth-1"]
+    assert not r.exists(job_key("job-depth-3"))
+    rec = r.hgetall(job_key("job-depth-1"))
+    assert rec[b"status"] == b"queued" and rec[b"queue"] == queue.encode() and rec[b"meta"] == b'{"k": 1}'
+    assert 0 < r.ttl(job_key("job-depth-1")) <= 60
+    r.delete(queue)

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         # threads pool: the model lives in this process (no fork after torch is loaded) and up to
         # max_batch jobs are in flight, each pool thread waiting on its sequences while the engine
         # thread batches them. Prefetch 1 per thread: beyond that, jobs wait in Redis, where any
-        # worker of this model can take them.
+        # worker of this model can take them. No -E: task events start when Flower asks for them
+        # (enable_events); that needs the worker's event dispatcher, which its heartbeats keep on:
+        # never add --without-heartbeat.
         quiet = ["--quiet"] if settings.log_format == "json" else []  # no startup banner among JSON lines
         app.worker_main([
             *quiet, "worker", "--pool=threads", f"--concurrency={runtime.concurrency}", "--prefetch-multiplier=1",

@@ -105,19 +105,7 @@ class FastDecoder:
         assert kv.lengths is not None and kv.pending is not None and kv.mask_buf is not None
         running, end, dev = kv.rows - len(joining), kv.end, kv.device
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        ids, positions = kv.pending[:running], kv.lengths[:running]
-        spans, masks = [], []  # per joining row: its tokens' offset and its causal mask
-        if joining:
-            offset = running
-            for j in joining:
-                spans.append((offset, len(j.ids)))
-                offset += len(j.ids)
-                own = end + 1 - j.first  # its columns: [first, end]
-                masks.append(torch.arange(own, device=dev)[None, :]
-                             <= torch.arange(j.cached, own, device=dev)[:, None])
-            ids = torch.cat([ids, torch.tensor([t for j in joining for t in j.ids], device=dev)])
-            positions = torch.cat([positions, torch.tensor([p for j in joining for p in range(j.cached, j.cached + len(j.ids))],
-                                                           device=dev)])
+        ids, positions, spans = _step_tokens(kv, joining, running)
         tokens = ids.shape[0]
         x = self.embed(ids)  # [tokens, hidden]
         cos, sin = self.rotary(x[None], positions[None])  # [1, tokens, head_dim]
@@ -141,22 +129,54 @@ class FastDecoder:
                 window = slice(kv.start, end + 1)
                 outs.append(_one_query_attention(q[:running], keys[:running, :, window], values[:running, :, window],
                                                  bias, layer.scaling))
-            for j, (at, n), causal in zip(joining, spans, masks):
-                cols = slice(j.first + j.cached, end + 1)
-                keys[j.row, :, cols] = k[at:at + n].transpose(0, 1)
-                values[j.row, :, cols] = v[at:at + n].transpose(0, 1)
-                span = slice(j.first, end + 1)
-                out = F.scaled_dot_product_attention(q[at:at + n].transpose(0, 1)[None], keys[j.row:j.row + 1, :, span],
-                                                     values[j.row:j.row + 1, :, span], attn_mask=causal,
-                                                     scale=layer.scaling, enable_gqa=kv_heads != heads)
-                outs.append(out[0].transpose(0, 1).reshape(n, heads * dim))
+            for j, (at, n, causal) in zip(joining, spans):
+                outs.append(_prompt_attention(j, end, q[at:at + n], k[at:at + n], v[at:at + n], keys, values, causal,
+                                              layer.scaling))
             x = x + layer.o(outs[0] if len(outs) == 1 else torch.cat(outs))
             gate, up = layer.gate_up(_rms_norm(x, *layer.norm2)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         if joining:  # each row's last token
-            last = list(range(running)) + [at + n - 1 for at, n in spans]
+            last = list(range(running)) + [at + n - 1 for at, n, _ in spans]
             x = x[torch.tensor(last, device=dev)]
         return self.lm_head(_rms_norm(x, *self.norm))
+
+
+def _step_tokens(kv: SlotCache, joining: Sequence[Joining],
+                 running: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+    """The step's token ids and positions, the running rows' first (their pending tokens), then
+    each joining row's prompt after its cached prefix; per joining row (its tokens' offset, their
+    count, its causal mask over its columns ``[first, end]``)."""
+    assert kv.lengths is not None and kv.pending is not None
+    dev, end = kv.device, kv.end
+    ids, positions = kv.pending[:running], kv.lengths[:running]
+    if not joining:
+        return ids, positions, []
+    spans, offset = [], running
+    for j in joining:
+        own = end + 1 - j.first
+        spans.append((offset, len(j.ids), torch.arange(own, device=dev)[None, :]
+                      <= torch.arange(j.cached, own, device=dev)[:, None]))
+        offset += len(j.ids)
+    ids = torch.cat([ids, torch.tensor([t for j in joining for t in j.ids], device=dev)])
+    positions = torch.cat([positions, torch.tensor([p for j in joining for p in range(j.cached, j.cached + len(j.ids))],
+                                                   device=dev)])
+    return ids, positions, spans
+
+
+def _prompt_attention(j: Joining, end: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor,
+                      values: torch.Tensor, causal: torch.Tensor, scale: float) -> torch.Tensor:
+    """A joining row's prompt tokens (``q``, ``k``, ``v``: [tokens, heads, dim]): their keys and values
+    go into its columns after its cached prefix, and they attend causally over its columns;
+    returns [tokens, heads * dim]."""
+    tokens, heads, dim = q.shape
+    cols = slice(j.first + j.cached, end + 1)
+    keys[j.row, :, cols] = k.transpose(0, 1)
+    values[j.row, :, cols] = v.transpose(0, 1)
+    own = slice(j.first, end + 1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], keys[j.row:j.row + 1, :, own],
+                                         values[j.row:j.row + 1, :, own], attn_mask=causal, scale=scale,
+                                         enable_gqa=keys.shape[1] != heads)
+    return out[0].transpose(0, 1).reshape(tokens, heads * dim)
 
 
 def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,

@@ -36,6 +36,14 @@ def task_message(celery: Celery, task: str, payload: dict[str, Any], job_id: str
     return queue, json.dumps(message)
 
 
+def record_message(celery: Celery, job_id: str, rec: dict[str, Any]) -> tuple[str, str] | None:
+    """The message that delivers a recorded job again (``task_message`` from the task, payload and
+    queue its record keeps); None for a record without a payload."""
+    if not rec.get("payload"):
+        return None
+    return task_message(celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"])
+
+
 def create_celery(settings: Settings) -> Celery:
     app = Celery("llmhost", broker=settings.redis_url)
     app.conf.update(

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from pydantic import ValidationError
 
-from tasks.contract.celery_app import task_message
+from tasks.contract.celery_app import record_message, task_message
 from tasks.contract.errors import JobError, queue_full, server_error
 from tasks.contract.payloads import FINAL_STATUSES, TASK_GENERATE, Event, JobBase
 from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
@@ -220,7 +220,9 @@ class JobClient:
             return False
         if not await self.store.mark_requeued(job_id):
             return False
-        await self.redis.lpush(*task_message(self.celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"]))
+        message = record_message(self.celery, job_id, rec)
+        assert message is not None  # it has a payload
+        await self.redis.lpush(*message)
         log.warning("job %s: its message was lost; sent again", job_id, extra={"job_id": job_id})
         return True
 
@@ -232,9 +234,8 @@ class JobClient:
         worker = rec.get("worker", "")
         if rec["status"] in ("queued", "running") and worker and not await self.worker_alive(worker):
             outcome = await self.store.reap(job_id, worker, self.max_attempts)
-            if outcome == "requeue" and rec.get("payload"):
-                await self.store.send(job_id, task_message(self.celery, rec["task"], json.loads(rec["payload"]),
-                                                           job_id, rec["queue"]))
+            if outcome == "requeue" and (message := record_message(self.celery, job_id, rec)) is not None:
+                await self.store.send(job_id, message)
             return await self.store.get(job_id) or rec
         if (rec["status"] == "queued" and rec.get("class", "interactive") == "interactive"
                 and not await self.model_has_worker(rec.get("model", ""))):

@@ -14,7 +14,6 @@ no live worker left still settles its waiting clients.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ import time
 import redis
 from celery import Celery
 
-from tasks.contract.celery_app import task_message
+from tasks.contract.celery_app import record_message
 from tasks.contract.records import HELD_KEY, OUTBOX_GRACE_SECONDS, WORKER_KEY, WORKER_NAMES
 from tasks.worker.jobs import WorkerJobs
 
@@ -90,6 +89,4 @@ class Reaper:
         return counts
 
     def _send(self, job_id: str, rec: dict) -> None:
-        message = task_message(self._celery, rec["task"], json.loads(rec["payload"]), job_id, rec["queue"]) \
-            if rec.get("payload") else None
-        self._jobs.sent(job_id, message)
+        self._jobs.sent(job_id, record_message(self._celery, job_id, rec))

@@ -43,8 +43,7 @@ class BatchCache:
     def prefill_inputs(self, prompts: list[list[int]], use_prefixes: bool = True) -> dict[str, Any]:
         """The forward's inputs for a group of prompts, one left-padded row each, starting from the
         cached prefix of each prompt where there is one."""
-        prefixes = self.prefix_cache if use_prefixes else None
-        hits = [prefixes.lookup(ids) if prefixes is not None else (0, None) for ids in prompts]
+        hits: list[tuple[int, KV | None]] = self.prefix_hits(prompts) if use_prefixes else [(0, None)] * len(prompts)
         cached = [n for n, _ in hits]
         rest = [ids[n:] for ids, n in zip(prompts, cached)]
         wp, ws = max(cached), max(len(r) for r in rest)
@@ -55,6 +54,11 @@ class BatchCache:
                                  device=self.device)
         past = self._past_for(hits, wp) if wp else None
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "cache": past}
+
+    def prefix_hits(self, prompts: list[list[int]]) -> list[tuple[int, KV | None]]:
+        """Each prompt's longest cached prefix: (its length, its per-layer KV), (0, None) for none."""
+        prefixes = self.prefix_cache
+        return [prefixes.lookup(ids) if prefixes is not None else (0, None) for ids in prompts]
 
     def decode_inputs(self) -> dict[str, Any]:
         """The forward's inputs for one decode step: each row's pending token at its next position."""

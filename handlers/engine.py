@@ -147,8 +147,7 @@ class Engine:
         token goes out, and the rows that ended leave."""
         assert isinstance(self.kv, SlotCache) and self.fast is not None
         kv, running = self.kv, self.running
-        prefixes = kv.prefix_cache
-        hits = [prefixes.lookup(seq.prompt_ids) if prefixes is not None else (0, None) for seq in group]
+        hits = kv.prefix_hits([seq.prompt_ids for seq in group])
         places = kv.admit([len(seq.prompt_ids) for seq in group], [prefix for _, prefix in hits], self.fast.kv_shapes)
         mask = kv.decode_inputs()["attention_mask"]  # opens this step's column for every row
         logits = self.fast(kv, [fast_decode.Joining(row, first, cached, seq.prompt_ids[cached:])

@@ -242,26 +242,36 @@ def print_table(run: dict) -> None:
           f"(+{run['rss_peak_mib'] - run['rss_start_mib']:.0f} MiB)")
 
 
-def plot(runs: list[dict], path: Path) -> None:
+Series = tuple[str, list[int], list[float], list[float]]  # label, concurrency, tok/s, TTFT p50 ms
+
+
+def plot_series(series: list[Series], path: Path, title: str) -> None:
+    """Throughput and TTFT p50 against concurrency, one line per series (also bench/versus.py's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for run in runs:
-        xs = [r.concurrency for r in run["results"]]
-        a.plot(xs, [r.tok_s for r in run["results"]], marker="o", label=run["label"])
-        b.plot(xs, [pct(r.ttft, 50) for r in run["results"]], marker="o", label=run["label"])
+    for label, xs, tok_s, ttft in series:
+        a.plot(xs, tok_s, marker="o", label=label)
+        b.plot(xs, ttft, marker="o", label=label)
     a.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput", xscale="log")
     b.set(xlabel="concurrent streams", ylabel="TTFT p50 (ms)", title="Time to first token", xscale="log", yscale="log")
+    ticks = sorted({x for _, xs, _, _ in series for x in xs})
     for ax in (a, b):
+        ax.set_xticks(ticks, [str(x) for x in ticks])
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle(f"LLM-Host, {MODEL_ID}")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    plot_series([(run["label"], [r.concurrency for r in run["results"]], [r.tok_s for r in run["results"]],
+                  [pct(r.ttft, 50) for r in run["results"]]) for run in runs], path, f"LLM-Host, {MODEL_ID}")
 
 
 MODEL_ID = MODEL

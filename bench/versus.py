@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from bench.load import MODEL, ROOT, LevelResult, Server, pct, poll_ok, run_level
+from bench.load import MODEL, ROOT, LevelResult, Server, pct, plot_series, poll_ok, run_level
 from tasks.supervisor.redis_server import free_port
 
 SERVERS = ("llmhost", "vllm")
@@ -269,27 +269,9 @@ def parse_args() -> argparse.Namespace:
 
 def plot(rows: list[dict], path: str, title: str) -> None:
     """Both servers' best tok/s and TTFT p50 at each concurrency, side by side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     xs = [r["concurrency"] for r in rows]
-    for key, label in (("llmhost", "LLM-Host"), ("vllm", "vLLM")):
-        if any(r[f"{key}_tok_s"] for r in rows):
-            a.plot(xs, [r[f"{key}_tok_s"] for r in rows], marker="o", label=label)
-            b.plot(xs, [r[f"{key}_ttft_p50_ms"] for r in rows], marker="o", label=label)
-    a.set(xlabel="concurrent streams", ylabel="output tokens/s", title="Throughput", xscale="log")
-    b.set(xlabel="concurrent streams", ylabel="TTFT p50 (ms)", title="Time to first token", xscale="log", yscale="log")
-    for ax in (a, b):
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    plot_series([(NAMES[key], xs, [r[f"{key}_tok_s"] for r in rows], [r[f"{key}_ttft_p50_ms"] for r in rows])
+                 for key in ("llmhost", "vllm") if any(r[f"{key}_tok_s"] for r in rows)], Path(path), title)
     print(f"plot: {path}")
 
 

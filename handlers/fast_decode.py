@@ -4,12 +4,13 @@ The model's own forward runs ~50 tensor ops and a dozen module calls per layer f
 per row, and builds a mask, a cache-position vector and output objects on every step; on 2 CPU
 cores that dispatch is serial Python while the matmuls wait. This runs the same math from the same
 weights with fewer ops: q/k/v and gate/up as one matmul each where :mod:`handlers.cpu_linear`
-fused them, RMSNorm as one fused op, RoPE on q and k together, the new keys/values written
-straight into the slot buffers, the running rows' attention as two batched matmuls over the live
-window (:func:`_one_query_attention`), and only the rows' last positions through the LM head. Rows joining the batch are prefilled in the same pass
-(:class:`Joining`): their prompt tokens go through the matmuls with the running rows' tokens, and
-only their attention is their own (vLLM's mixed prefill/decode batches); a prompt that wants
-logits at every position (echo) still takes the model's forward.
+fused them, RMSNorm as one ``F.rms_norm`` call, RoPE on q and k together, the new keys/values
+written straight into the slot buffers, the running rows' attention as two batched matmuls over
+the live window (:func:`_one_query_attention`), and only the rows' last positions through the LM
+head. Rows joining the batch are prefilled in the same pass (:class:`Joining`): their prompt
+tokens go through the matmuls with the running rows' tokens, and only their attention is their
+own (vLLM's mixed prefill/decode batches); a prompt that wants logits at every position (echo)
+still takes the model's forward.
 
 Only for architectures whose decoder layer is exactly Llama's (``LlamaForCausalLM``,
 ``Qwen2ForCausalLM``, ``MistralForCausalLM``: pre-norm RMSNorm, attention with optional q/k/v bias
@@ -199,8 +200,9 @@ def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tens
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Llama's RMSNorm as one fused op (float32 inside; in bf16 the weight is applied before the one
-    rounding, where the module rounds twice: within bf16's precision of it)."""
+    """Llama's RMSNorm as one ``F.rms_norm`` call (on CPU still several kernels, but ~30 % faster per
+    call than the module's eight ops here; float32 inside, and in bf16 the weight is applied before
+    the one rounding, where the module rounds twice: within bf16's precision of it)."""
     return F.rms_norm(x, weight.shape, weight, eps)
 
 

@@ -196,8 +196,14 @@ class SlotCache(BatchCache):
             self._rebuild(_round_up(new, ROW_STEP), longest + HEADROOM, 0, shapes=shapes)
             self.start = self.end = longest - 1
             self.lengths = self.pending = torch.zeros(0, dtype=torch.long, device=self.device)
-        else:  # out of columns on the right: decode_inputs rebuilds, after the new rows are placed
-            self._make_room(self.rows + new, longest - 1)
+        else:
+            # Rebuilt here, before the new rows are placed, also when no column is left at ``end``:
+            # a rebuild in decode_inputs would move the window under the places returned.
+            assert self.mask_buf is not None
+            cap_rows, cap_cols = self.mask_buf.shape
+            if self.rows + new > cap_rows or self.end >= cap_cols or self.end < longest - 1:
+                left = max(0, longest - 1 - self.width)
+                self._rebuild(max(cap_rows, _round_up(self.rows + new, ROW_STEP)), left + self.width + HEADROOM, left)
         assert self.mask_buf is not None and self.lengths is not None and self.pending is not None
         places = []
         for g, (n, prefix) in enumerate(zip(lengths, prefixes)):

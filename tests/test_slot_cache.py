@@ -93,6 +93,35 @@ def test_rows_join_in_the_running_rows_pass_with_their_own_tokens(tiny_models):
     assert [s.token_ids for s in seqs] == [s.token_ids for s in alone]
 
 
+def test_a_row_joining_when_no_column_is_left_gets_its_own_tokens(tiny_models, monkeypatch):
+    """A row joins in the decode pass exactly when the buffers have no column left at ``end`` and
+    the window does not start at column 0 (a long row has left): its place must be made before it
+    is given one (a rebuild after that moved the window under it: a crash, or wrong columns)."""
+    monkeypatch.setattr(slot_cache, "HEADROOM", 2)
+    h = load(tiny_models, TINY_CHATML, dtype="float32")
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    prompts = [h.encode_chat([Message(role="user", content=t)])
+               for t in ("A long prompt that leaves soon " * 6, "Hi", "Joins at the right edge")]
+    engine = Engine(h, max_batch=4, prefix_cache_tokens=0)
+    assert engine.fast is not None
+    with torch.inference_mode():
+        engine.add("long", prompts[0], greedy, 2)
+        short = engine.add("short", prompts[1], greedy, 12)
+        while len(engine.running) != 1 or engine.kv.end < engine.kv.mask_buf.shape[1]:
+            engine.step()
+        assert engine.kv.start > 0 and engine.kv.end == engine.kv.mask_buf.shape[1]
+        late = engine.add("late", prompts[2], greedy, 12)
+        while engine.has_work():
+            engine.step()
+        alone = []
+        for n, ids in enumerate(prompts[1:]):
+            solo = Engine(h, max_batch=1, prefix_cache_tokens=0, slot_cache=False, fast=False)
+            alone.append(solo.add(f"alone{n}", ids, greedy, 12))
+            while solo.has_work():
+                solo.step()
+    assert [short.token_ids, late.token_ids] == [s.token_ids for s in alone]
+
+
 def test_slot_cache_window_is_as_wide_as_the_longest_row(tiny_models):
     h = load(tiny_models, TINY_CHATML, dtype="float32")
     engine = Engine(h, max_batch=4)

@@ -44,7 +44,7 @@ __all__ = ["Engine", "Sequence", "SeqStatus", "StepOutput", "run_to_completion"]
 
 class Engine:
     def __init__(self, handler: "ChatHandler", max_batch: int = 32, max_batch_tokens: int = 32768,
-                 max_prefill_tokens: int = 512, prefix_cache_tokens: int = 4096, reserved_slots: int = 0, slot_cache: bool = True,
+                 max_prefill_tokens: int = 2048, prefix_cache_tokens: int = 4096, reserved_slots: int = 0, slot_cache: bool = True,
                  fast: bool = True) -> None:
         """``reserved_slots``: rows bulk work leaves to interactive work, and the other way round while
         bulk work waits (handlers/scheduler.py);

@@ -5,8 +5,8 @@ per row, and builds a mask, a cache-position vector and output objects on every 
 cores that dispatch is serial Python while the matmuls wait. This runs the same math from the same
 weights with fewer ops: q/k/v and gate/up as one matmul each where :mod:`handlers.cpu_linear`
 fused them, RMSNorm as one ``F.rms_norm`` call, RoPE on q and k together, the new keys/values
-written straight into the slot buffers, the running rows' attention as two batched matmuls over
-the live window (:func:`_one_query_attention`), and only the rows' last positions through the LM
+written straight into the slot buffers, the running rows' attention over the live window in
+whichever of two ways is faster on this CPU (:func:`decode_attention`), and only the rows' last positions through the LM
 head. Rows joining the batch are prefilled in the same pass (:class:`Joining`): their prompt
 tokens go through the matmuls with the running rows' tokens, and only their attention is their
 own (vLLM's mixed prefill/decode batches); a prompt that wants logits at every position (echo)
@@ -21,6 +21,8 @@ check it gives the model's forward's tokens.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -30,6 +32,8 @@ from torch import nn
 
 from .cpu_linear import FusedMember, PackedLinear
 from .slot_cache import SlotCache
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = {"LlamaForCausalLM": "Llama", "Qwen2ForCausalLM": "Qwen2", "MistralForCausalLM": "Mistral"}
 
@@ -95,6 +99,7 @@ class FastDecoder:
         self.layers = [_Layer(layer) for layer in model.model.layers]
         dtype = self.embed.weight.dtype
         self.kv_shapes = [((self.kv_heads, self.head_dim, dtype),) * 2 for _ in self.layers]
+        self.attention = decode_attention(dtype, self.heads, self.kv_heads, self.head_dim)
 
     def __call__(self, kv: SlotCache, joining: Sequence[Joining] = ()) -> torch.Tensor:
         """Logits ``[rows, vocab]`` of one step: each running row (the first ``kv.rows -
@@ -115,8 +120,7 @@ class FastDecoder:
         # rotate_half(x) * sin == roll(x, half) * sin with the first half of sin negated: one op fewer.
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
         mask = kv.mask_buf[:running, kv.start:end + 1]
-        bias = None if bool(mask.all()) else torch.zeros(mask.shape, device=dev).masked_fill_(
-            mask == 0, float("-inf"))[:, None, None, :]  # [rows, 1, 1, columns], added to the scores
+        bias = self.attention.mask(mask)  # once per step, in the form the attention takes
         for i, layer in enumerate(self.layers):
             qkv = layer.qkv(_rms_norm(x, *layer.norm1)).view(tokens, heads + 2 * kv_heads, dim)
             qk = qkv[:, :heads + kv_heads]
@@ -128,8 +132,8 @@ class FastDecoder:
                 keys[:running, :, end] = k[:running]
                 values[:running, :, end] = v[:running]
                 window = slice(kv.start, end + 1)
-                outs.append(_one_query_attention(q[:running], keys[:running, :, window], values[:running, :, window],
-                                                 bias, layer.scaling))
+                outs.append(self.attention(q[:running], keys[:running, :, window], values[:running, :, window],
+                                           bias, layer.scaling))
             for j, (at, n, causal) in zip(joining, spans):
                 outs.append(_prompt_attention(j, end, q[at:at + n], k[at:at + n], v[at:at + n], keys, values, causal,
                                               layer.scaling))
@@ -180,23 +184,97 @@ def _prompt_attention(j: Joining, end: int, q: torch.Tensor, k: torch.Tensor, v:
     return out[0].transpose(0, 1).reshape(tokens, heads * dim)
 
 
-def _one_query_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
-                         scale: float) -> torch.Tensor:
-    """Attention of one query per row over its window: ``q`` [rows, heads, dim], ``keys`` and
-    ``values`` [rows, kv_heads, columns, dim], ``bias`` None or [rows, 1, 1, columns] (0 or -inf);
-    returns [rows, heads * dim]. Two batched matmuls, the heads grouped by their key/value head
-    (as transformers' ``repeat_kv`` pairs them), in float32 (MKL's small batched matmuls beat the
-    bf16 ones at every batch size here). On CPU this is 1-6× faster than
+class DecodeAttention:
+    """Attention of one query per row over its window, two ways that give the same result; which
+    is faster depends on the CPU, so :func:`decode_attention` times both. Called with ``q`` [rows,
+    heads, dim], ``keys`` and ``values`` [rows, kv_heads, columns, dim] and the step's mask in the
+    form :meth:`mask` made; returns [rows, heads * dim]."""
+
+    name = ""
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """From the live window's mask [rows, columns] (1 = a real column), once per step."""
+        raise NotImplementedError
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MatmulAttention(DecodeAttention):
+    """Two float32 batched matmuls, the heads grouped by their key/value head (as transformers'
+    ``repeat_kv`` pairs them). Where the CPU has no AMX, 1-6× faster than
     ``scaled_dot_product_attention``, whose flash kernel is built for long queries: at 32 SmolLM2
     rows it was half of a decode step (AVX512-BF16, ``torch.profiler``)."""
-    rows, heads, dim = q.shape
-    kv_heads = keys.shape[1]
-    grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim).float()
-    scores = torch.matmul(grouped, keys.float().transpose(-1, -2)).mul_(scale)  # [rows, kv_heads, group, columns]
-    if bias is not None:
-        scores.add_(bias)
-    probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, values.float()).to(q.dtype).reshape(rows, heads * dim)
+
+    name = "matmul"
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        if bool(mask.all()):
+            return None
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(
+            mask == 0, float("-inf"))[:, None, None, :]  # [rows, 1, 1, columns], added to the scores
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+        # In float32: MKL's small batched matmuls beat the bf16 ones at every batch size without AMX.
+        rows, heads, dim = q.shape
+        kv_heads = keys.shape[1]
+        grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim).float()
+        scores = torch.matmul(grouped, keys.float().transpose(-1, -2)).mul_(scale)  # [rows, kv_heads, group, columns]
+        if mask is not None:
+            scores.add_(mask)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.matmul(probs, values.float()).to(q.dtype).reshape(rows, heads * dim)
+
+
+class FusedAttention(DecodeAttention):
+    """``scaled_dot_product_attention`` on the cache's own dtype. With AMX (bf16) 1.2-2× faster than
+    :class:`MatmulAttention` at every batch here: no float32 copy of the window (at 32 rows that copy
+    was most of the attention's time)."""
+
+    name = "sdpa"
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        return None if bool(mask.all()) else mask.bool()[:, None, None, :]  # [rows, 1, 1, columns]
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+        rows, heads, dim = q.shape
+        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=scale,
+                                             enable_gqa=keys.shape[1] != heads)
+        return out.reshape(rows, heads * dim)
+
+
+ATTENTIONS: dict[str, type[DecodeAttention]] = {cls.name: cls for cls in (MatmulAttention, FusedAttention)}
+_picked: dict[tuple, DecodeAttention] = {}
+
+
+def decode_attention(dtype: torch.dtype, heads: int, kv_heads: int, dim: int) -> DecodeAttention:
+    """The faster decode attention on this machine for these shapes, timed once per process (a few
+    tens of ms): 16 rows over 128 columns with some padding, each way in turns, best of three."""
+    key = (dtype, heads, kv_heads, dim)
+    if key not in _picked:
+        rows, columns = 16, 128
+        q = torch.randn(rows, heads, dim, dtype=dtype)
+        keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=dtype) for _ in range(2))
+        mask = torch.ones(rows, columns, dtype=torch.long)
+        mask[::2, :columns // 4] = 0
+        ways = [cls() for cls in ATTENTIONS.values()]
+        best = {way.name: float("inf") for way in ways}
+        with torch.inference_mode():
+            for _ in range(3):
+                for way in ways:
+                    prepared = way.mask(mask)
+                    way(q, keys, values, prepared, 0.125)  # warm
+                    start = time.perf_counter()
+                    for _ in range(5):
+                        way(q, keys, values, prepared, 0.125)
+                    best[way.name] = min(best[way.name], time.perf_counter() - start)
+        _picked[key] = min(ways, key=lambda way: best[way.name])
+        log.info("decode attention: %s (%s)", _picked[key].name,
+                 ", ".join(f"{name} {seconds / 5 * 1e6:.0f} us" for name, seconds in best.items()))
+    return _picked[key]
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

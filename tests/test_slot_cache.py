@@ -27,8 +27,13 @@ PLAN = [(0, "Tell me about the sea.", 14), (0, "Hi", 5), (2, "Once upon a time t
         (75, "After a gap, with nobody running.", 10)]
 
 
-def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False) -> tuple[Engine, list[list[int]]]:
+def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False,
+             attention: str | None = None) -> tuple[Engine, list[list[int]]]:
+    """``attention``: the fast path's decode attention by name, instead of the one timed fastest here."""
     engine = Engine(handler, max_batch=4, slot_cache=slots, fast=fast)
+    if attention is not None:
+        assert engine.fast is not None
+        engine.fast.attention = fast_decode.ATTENTIONS[attention]()
     pending, seqs, step = list(PLAN), [], 0
     with torch.inference_mode():
         while pending or engine.has_work():
@@ -54,10 +59,11 @@ def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monke
     fast, got = run_plan(h, True, ignore)
     assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache and fast.fast is None
     assert got == expected
-    fastest, decoded = run_plan(h, True, ignore, fast=True)
-    assert fastest.fast is not None  # both tiny models are Llama-shaped (Qwen2, Llama)
-    assert decoded == expected  # rows joining in the running rows' pass, from cached prefixes too
-    assert fastest.prefix_cache is not None and fastest.prefix_cache.hits > 0
+    for attention in fast_decode.ATTENTIONS:  # whichever this machine's CPU runs faster
+        fastest, decoded = run_plan(h, True, ignore, fast=True, attention=attention)
+        assert fastest.fast is not None  # both tiny models are Llama-shaped (Qwen2, Llama)
+        assert decoded == expected, attention  # rows joining in the running rows' pass, from cached prefixes too
+        assert fastest.prefix_cache is not None and fastest.prefix_cache.hits > 0
     assert [len(t) for t in got] == [n for _, _, n in PLAN]
     assert len(rebuilds) > 5  # growth to the right, room on the left, more rows: all exercised
     assert fast.kv.rows == 0 and fast.kv_tokens == 0 and fast.kv.k == []  # emptied, memory dropped
@@ -158,9 +164,10 @@ def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
         while engine.waiting:
             engine.step()
         inputs = engine.kv.decode_inputs()
-        fast = engine.fast(engine.kv).float()
         model = h.model(**inputs, use_cache=True).logits[:, -1].float()
-    torch.testing.assert_close(fast, model, atol=0.1, rtol=0.05)
+        for name, attention in fast_decode.ATTENTIONS.items():
+            engine.fast.attention = attention()
+            torch.testing.assert_close(engine.fast(engine.kv).float(), model, atol=0.1, rtol=0.05, msg=name)
 
 
 def test_packed_linear_layers_give_the_models_logits(tiny_models):

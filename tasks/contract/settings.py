@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     heartbeat_ttl: int = Field(10, gt=0)
     max_batch: int = Field(32, ge=1, description="sequences decoded together; 1 = one request at a time")
     max_batch_tokens: int = Field(32768, ge=16, description="prompt+generated tokens held in the KV cache before new sequences wait")
-    max_prefill_tokens: int = Field(512, ge=16, description="prompt tokens prefilled in one step (more wait for the next)")
+    max_prefill_tokens: int = Field(2048, ge=16, description="prompt tokens prefilled in one step (more wait for the next)")
     prefix_cache_tokens: int = Field(4096, ge=0, description="tokens of prompt-prefix KV kept for reuse; 0 = off")
     reserved_slots: Optional[int] = Field(None, ge=0, description="batch rows bulk work leaves to interactive work "
                                           "(and interactive to bulk while bulk waits); unset = max_batch // 8; 0 = no split")

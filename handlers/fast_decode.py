@@ -99,7 +99,9 @@ class FastDecoder:
         self.layers = [_Layer(layer) for layer in model.model.layers]
         dtype = self.embed.weight.dtype
         self.kv_shapes = [((self.kv_heads, self.head_dim, dtype),) * 2 for _ in self.layers]
-        self.attention = decode_attention(dtype, self.heads, self.kv_heads, self.head_dim)
+        # Chosen on the first step, on the thread that runs the model: timing it here (the loading
+        # thread) would start a second OpenMP team in the process, which halved the engine's speed.
+        self.attention: DecodeAttention | None = None
 
     def __call__(self, kv: SlotCache, joining: Sequence[Joining] = ()) -> torch.Tensor:
         """Logits ``[rows, vocab]`` of one step: each running row (the first ``kv.rows -
@@ -119,6 +121,8 @@ class FastDecoder:
         half = dim // 2
         # rotate_half(x) * sin == roll(x, half) * sin with the first half of sin negated: one op fewer.
         sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        if self.attention is None:
+            self.attention = decode_attention(x.dtype, heads, kv_heads, dim)
         mask = kv.mask_buf[:running, kv.start:end + 1]
         bias = self.attention.mask(mask)  # once per step, in the form the attention takes
         for i, layer in enumerate(self.layers):

@@ -29,6 +29,7 @@ from tasks.contract.payloads import SamplingParams
 
 from . import fast_decode
 from .batch_cache import BatchCache
+from .chunked_prefill import ChunkedPrefill
 from .prefix_cache import PrefixCache
 from .sampler import Sampler
 from .sampling import prompt_logprobs
@@ -63,6 +64,10 @@ class Engine:
         self.fast = fast_decode.build(self.model) if slots and fast else None
         self.sampler = Sampler(self.device, handler.describe_token)
         self.last_batch = 0  # rows in the most recent decode forward
+        # A prompt over the prefill budget is prefilled a budget per step (handlers/chunked_prefill.py).
+        self.chunks = SlotCache.supports(self.model.config)
+        self.chunked: ChunkedPrefill | None = None
+        self._chunk_due = False  # the batch had its step since the last chunk: the next is the chunk's
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -77,20 +82,24 @@ class Engine:
         return seq
 
     def abort(self, seq_id: str) -> None:
-        for seq in (*self.scheduler.waiting, *self.scheduler.running):
+        for seq in (*self.scheduler.waiting, *self.scheduler.running, *self._held()):
             if seq.id == seq_id:
                 seq.cancel()
 
     def release(self) -> None:
         """Drop the model, the KV state and the prefix cache (the engine is idle): a reload must not
         hold the old weights while the new ones load."""
-        self.model = self.fast = None
+        self.model = self.fast = self.chunked = None
         self.handler = None  # type: ignore[assignment]
         self.kv.clear()
         self.kv.prefix_cache = None
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self.chunked is not None
+
+    def _held(self) -> list[Sequence]:
+        """The sequence whose prompt is being prefilled in chunks: in no row yet, but counted."""
+        return [self.chunked.seq] if self.chunked is not None else []
 
     @property
     def waiting(self) -> list[Sequence]:
@@ -113,8 +122,18 @@ class Engine:
     def step(self) -> list[StepOutput]:
         with torch.inference_mode():  # the KV buffers are inference tensors, changed in place
             outputs = self._drop_cancelled()
-            admitted = self.scheduler.schedule(self.kv.tokens, mixed=self.fast is not None)
-            if admitted and self.fast is not None and admitted[0].params.prompt_logprobs is None:
+            if self.chunked is not None and (self._chunk_due or not (self.running or self.scheduler.waiting)):
+                self._chunk_due = False  # a chunk, then the batch's step (decode, mixed or prefill)
+                return outputs + self._prefill_chunk()
+            self._chunk_due = self.chunked is not None
+            held = self._held()
+            admitted = self.scheduler.schedule(self.kv.tokens + sum(len(seq.prompt_ids) for seq in held),
+                                               mixed=self.fast is not None, held=held)
+            if len(admitted) == 1 and self.chunked is None and self._chunkable(admitted[0]):
+                self.chunked = ChunkedPrefill(admitted[0], self.kv.prefill_inputs([admitted[0].prompt_ids]),
+                                              self.scheduler.max_prefill_tokens)
+                outputs += self._prefill_chunk()
+            elif admitted and self.fast is not None and admitted[0].params.prompt_logprobs is None:
                 outputs += self._mixed(admitted)
             elif admitted:
                 outputs += self._prefill(admitted)
@@ -133,13 +152,33 @@ class Engine:
             seq = group[0]
             seq.prompt_logprobs = prompt_logprobs(out.logits[0], seq.prompt_ids, seq.params.prompt_logprobs or 0,
                                                   self.handler.describe_token)
-        self.kv.remember_prefixes(prompts, out.cache, inputs["attention_mask"])
-        tokens = self.sampler.sample(group, out.logits[:, -1])
+        return self._prefilled(group, out.cache, inputs["attention_mask"], out.logits[:, -1])
+
+    def _prefilled(self, group: list[Sequence], cache: Any, mask: torch.Tensor, logits: torch.Tensor) -> list[StepOutput]:
+        """After a prefill's forward (``cache``, its ``mask``, the logits at each row's last
+        position): the prompts' prefixes are kept, their first tokens go out at once, and the rows
+        that go on join the batch."""
+        self.kv.remember_prefixes([seq.prompt_ids for seq in group], cache, mask)
+        tokens = self.sampler.sample(group, logits)
         outputs, keep = self._postprocess(group, tokens)
         if keep:
-            self.kv.join(out.cache, inputs["attention_mask"], tokens, keep)
+            self.kv.join(cache, mask, tokens, keep)
             self.scheduler.join([group[i] for i in keep])
         return outputs
+
+    def _chunkable(self, seq: Sequence) -> bool:
+        return (self.chunks and seq.params.prompt_logprobs is None
+                and len(seq.prompt_ids) > self.scheduler.max_prefill_tokens)
+
+    def _prefill_chunk(self) -> list[StepOutput]:
+        """The next chunk of the prompt being prefilled in chunks; after its last, its first token."""
+        chunked = self.chunked
+        assert chunked is not None
+        logits = chunked.step(self.model)
+        if logits is None:
+            return []
+        self.chunked = None
+        return self._prefilled([chunked.seq], chunked.cache, chunked.mask, logits)
 
     def _mixed(self, group: list[Sequence]) -> list[StepOutput]:
         """The running rows' decode and the group's prefill in one pass (handlers/fast_decode.py):
@@ -195,6 +234,9 @@ class Engine:
 
     def _drop_cancelled(self) -> list[StepOutput]:
         gone = self.scheduler.drop_cancelled()
+        if self.chunked is not None and self.chunked.seq.cancelling:
+            gone.append(self.chunked.seq)
+            self.chunked = None
         keep = [i for i, seq in enumerate(self.running) if not seq.cancelling]
         if len(keep) < len(self.running):
             gone += [seq for seq in self.running if seq.cancelling]

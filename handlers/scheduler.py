@@ -8,6 +8,9 @@ they fit:
   (a lone sequence is always admitted, however long);
 * one prefill takes at most ``max_prefill_tokens`` prompt tokens (the rest go in the next one), and a
   sequence that asks for its prompt's logprobs is prefilled alone (it needs logits at every position);
+  a longer prompt is admitted alone, and the engine prefills it in chunks of that budget
+  (:mod:`handlers.chunked_prefill`); while it does (``held``), it counts as a row and as its tokens,
+  and the next prompt that long waits for it;
 * never two prefills in a row while sequences are running: a burst of arrivals cannot starve the
   running streams, and a new arrival still gets its first token after at most one decode (where
   the engine decodes the running rows in the prefill's own pass, nobody waits: no such rule);
@@ -60,27 +63,29 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running) or any(self._queues.values())
 
-    def schedule(self, kv_tokens: int, mixed: bool = False) -> list[Sequence]:
+    def schedule(self, kv_tokens: int, mixed: bool = False, held: list[Sequence] | None = None) -> list[Sequence]:
         """The sequences to prefill now, marked running; empty: decode the running batch.
         ``mixed``: the engine advances the running rows in the same pass as it prefills (all but a
-        prompt that wants its logprobs): such a prefill stalls nobody and may follow another."""
-        admitted = [] if (self._prefilled_last and self.running) else self._admit(kv_tokens)
+        prompt that wants its logprobs): such a prefill stalls nobody and may follow another.
+        ``held``: sequences in no row yet that will take one (a prompt being prefilled in chunks);
+        ``kv_tokens`` counts their tokens."""
+        admitted = [] if (self._prefilled_last and self.running) else self._admit(kv_tokens, held or [])
         self._prefilled_last = bool(admitted) and not (mixed and admitted[0].params.prompt_logprobs is None)
         for seq in admitted:
             self._queues[seq.priority].remove(seq)
             seq.start()
         return admitted
 
-    def _admit(self, kv_tokens: int) -> list[Sequence]:
+    def _admit(self, kv_tokens: int, held: list[Sequence]) -> list[Sequence]:
         admitted: list[Sequence] = []
-        rows = [0, 0]  # per row class, running and admitted
-        for seq in self.running:
+        rows = [0, 0]  # per row class, running, held and admitted
+        for seq in (*self.running, *held):
             rows[_row_class(seq)] += 1
         tokens, chunk = kv_tokens, 0
         waiting = self.waiting
         caps = [self.class_rows if any(_row_class(seq) for seq in waiting) else self.max_batch, self.class_rows]
         for seq in waiting:
-            if len(self.running) + len(admitted) >= self.max_batch:
+            if len(self.running) + len(held) + len(admitted) >= self.max_batch:
                 break
             cls = _row_class(seq)
             if rows[cls] >= caps[cls]:
@@ -92,7 +97,9 @@ class Scheduler:
                 break
             if admitted and chunk + need > self.max_prefill_tokens:
                 break  # the rest go in the next prefill
-            if (self.running or admitted) and tokens + need > self.max_batch_tokens:
+            if held and need > self.max_prefill_tokens:
+                break  # one prompt is prefilled in chunks at a time
+            if (self.running or held or admitted) and tokens + need > self.max_batch_tokens:
                 break  # wait for room; a lone sequence is always admitted
             admitted.append(seq)
             rows[cls] += 1

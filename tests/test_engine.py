@@ -83,6 +83,61 @@ def test_abort_frees_the_row_at_the_next_step(tiny_models):
     assert keep.text == alone(h, ids, SamplingParams(temperature=0), 40)[0]
 
 
+@pytest.mark.parametrize("slots", [True, False], ids=["slot-cache+fast-decode", "dynamic-cache"])
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(tiny_models, slots):
+    """A prompt over ``max_prefill_tokens`` goes through the model a budget per step, the running
+    row gets a token between every two chunks, and both get the tokens they get alone (fp32); the
+    same prompt again starts from its cached prefix, in fewer chunks."""
+    h = load(tiny_models, TINY_LLAMA3, dtype="float32")
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    short = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    long = h.encode_chat([Message(role="user", content="Once upon a time there was a very long prompt " * 10)])
+    budget = len(short) + 1  # the short prompt in one pass, the long one in several
+    assert len(long) > 4 * budget
+    engine = Engine(h, max_batch=4, max_prefill_tokens=budget, slot_cache=slots, fast=slots)
+    a = engine.add("a", short, greedy, 60)
+    engine.step()
+
+    def first_token(seq):
+        """Step until ``seq`` has its first token: (the chunked prefill it had, the running row's
+        new tokens per step)."""
+        chunked, gaps, last = None, [], len(a.token_ids)
+        while not seq.token_ids:
+            engine.step()
+            chunked = chunked or engine.chunked
+            gaps.append(len(a.token_ids) - last)
+            last = len(a.token_ids)
+        return chunked, gaps
+
+    b = engine.add("b", long, greedy, 6)
+    chunked, gaps = first_token(b)
+    assert chunked is not None and chunked.seq is b and chunked.cached == 0
+    assert chunked.steps == -(-len(long) // budget) >= 4  # a budget per chunk, not one pass
+    assert all(sum(gaps[i:i + 2]) >= 1 for i in range(len(gaps) - 1))  # the stream kept its pace
+    assert b in engine.running and not a.finished
+    hits = engine.prefix_cache.hits
+    again = engine.add("again", long, greedy, 6)
+    _, gaps = first_token(again)
+    assert engine.prefix_cache.hits == hits + 1 and len(gaps) < chunked.steps  # from its cached prefix
+    run_to_completion(engine)
+    assert a.token_ids == alone(h, short, greedy, 60)[1]
+    assert b.token_ids == again.token_ids == alone(h, long, greedy, 6)[1]
+
+
+def test_a_prompt_cancelled_while_prefilled_in_chunks_ends_at_the_next_step(tiny_models):
+    h = load(tiny_models, TINY_LLAMA3, dtype="float32")
+    long = h.encode_chat([Message(role="user", content="Once upon a time there was a very long prompt " * 8)])
+    engine = Engine(h, max_batch=4, max_prefill_tokens=16, prefix_cache_tokens=0)
+    b = engine.add("b", long, SamplingParams(temperature=0), 6)
+    engine.step()
+    engine.step()
+    assert engine.chunked is not None and engine.chunked.seq is b and engine.chunked.done == 32
+    engine.abort("b")
+    outs = engine.step()
+    assert b.finish_reason == "cancelled" and [o.seq for o in outs if o.finished] == [b]
+    assert engine.chunked is None and not engine.has_work() and b.token_ids == []
+
+
 def test_batch_size_and_token_budget_bound_admission(tiny_models):
     h = load(tiny_models, TINY_CHATML)
     ids = h.encode_chat([Message(role="user", content="Tell me about the sea.")])

@@ -186,8 +186,14 @@ def test_interactive_jobs_start_before_a_background_backlog(tmp_path, stack):
     shutil.copytree(stack.models_dir / TINY_GENERIC, stack.models_dir / model)
     proc = stack.start_worker(model, LLMHOST_MAX_BATCH="4", LLMHOST_RESERVED_SLOTS="1")
     wait_until(lambda: worker_name(stack, proc), 90, "the worker")
-    body = {**LONG, "model": model, "max_tokens": 200}
-    ids = [submit(stack.base_url, {**body, "seed": i}) for i in range(30)]
+    body = {**LONG, "model": model}
+    # The worker is paused while the backlog is queued, so that how fast a machine runs the first
+    # jobs cannot drain it before the check below (CI once saw 2 of 30 left waiting).
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        ids = [submit(stack.base_url, {**body, "seed": i}) for i in range(30)]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
     r = stack.redis
     wait_until(lambda: sum(rec.get("status") == "running" for rec in records(r, ids)) >= 4, 30, "a full worker")
     waiting = [rec_id for rec_id, rec in zip(ids, records(r, ids)) if rec.get("status") == "queued"]

@@ -9,7 +9,13 @@ running batch a step between chunks: a stream's inter-token gap is at most one c
 decode. After the last chunk the sequence samples its first token and joins the batch like any
 prefill (``BatchCache.join`` / ``SlotCache.join``).
 
-One prompt is chunked at a time; it holds its row and its tokens in the scheduler's budgets from
+Between chunks, short prompts that arrive are prefilled in the batch's own pass (the fast
+decoder's mixed step); without the fast decoder a prefill would stall the running rows, so they
+decode between chunks and arrivals wait for the last chunk. A prompt whose uncached rest fits the
+budget (a long chat with its earlier turns cached) is not chunked.
+
+One prompt is chunked at a time (a second long one waits; shorter prompts behind it pass it); it
+holds its row and its tokens in the scheduler's budgets from
 the start (:meth:`handlers.scheduler.Scheduler.schedule` ``held``). Only for models whose cache
 layers are all full attention (:meth:`handlers.slot_cache.SlotCache.supports`), and never for a
 prompt that wants logprobs at every position (echo), which needs one pass.

@@ -124,6 +124,10 @@ class Engine:
             outputs = self._drop_cancelled()
             if self.chunked is not None and (self._chunk_due or not (self.running or self.scheduler.waiting)):
                 self._chunk_due = False  # a chunk, then the batch's step (decode, mixed or prefill)
+                if self.fast is None:
+                    # Without a mixed pass a prefill stalls the running rows: after a chunk they
+                    # decode, so that they get a token every other step (arrivals wait for the end).
+                    self.scheduler.after_prefill()
                 return outputs + self._prefill_chunk()
             self._chunk_due = self.chunked is not None
             held = self._held()
@@ -167,8 +171,16 @@ class Engine:
         return outputs
 
     def _chunkable(self, seq: Sequence) -> bool:
-        return (self.chunks and seq.params.prompt_logprobs is None
-                and len(seq.prompt_ids) > self.scheduler.max_prefill_tokens)
+        """What is left to prefill after the prompt's cached prefix is over the budget (a long chat
+        whose earlier turns are cached is prefilled at once, in the batch's own pass)."""
+        if not self.chunks or seq.params.prompt_logprobs is not None:
+            return False
+        budget = self.scheduler.max_prefill_tokens
+        if len(seq.prompt_ids) <= budget:
+            return False
+        prefixes = self.kv.prefix_cache
+        cached = prefixes.lookup(seq.prompt_ids, count=False)[0] if prefixes is not None else 0
+        return len(seq.prompt_ids) - cached > budget
 
     def _prefill_chunk(self) -> list[StepOutput]:
         """The next chunk of the prompt being prefilled in chunks; after its last, its first token."""

@@ -49,8 +49,9 @@ class PrefixCache:
         give the first generated token)."""
         return ((n_prompt - 1) // self.block) * self.block
 
-    def lookup(self, ids: list[int]) -> tuple[int, KV | None]:
-        """(length, per-layer KV views) of the longest cached prefix of ``ids``; (0, None) if none."""
+    def lookup(self, ids: list[int], count: bool = True) -> tuple[int, KV | None]:
+        """(length, per-layer KV views) of the longest cached prefix of ``ids``; (0, None) if none.
+        ``count=False``: a look that uses nothing (not a hit in the stats)."""
         limit = self.usable_length(len(ids))
         if not self._entries or limit <= 0:
             return 0, None
@@ -62,9 +63,10 @@ class PrefixCache:
             entry = self._entries[key]
             if entry.tokens[:length] != ids[:length]:
                 continue  # a hash collision: never serve someone else's prefix
-            self._entries.move_to_end(key)
-            self.hits += 1
-            self.hit_tokens += length
+            if count:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                self.hit_tokens += length
             return length, [(k[:, :, :length], v[:, :, :length]) for k, v in entry.kv]
         return 0, None
 

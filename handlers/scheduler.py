@@ -76,6 +76,11 @@ class Scheduler:
             seq.start()
         return admitted
 
+    def after_prefill(self) -> None:
+        """A prefill the running rows did not advance in (a chunk of a long prompt) just ran: the
+        next schedule decodes them."""
+        self._prefilled_last = True
+
     def _admit(self, kv_tokens: int, held: list[Sequence]) -> list[Sequence]:
         admitted: list[Sequence] = []
         rows = [0, 0]  # per row class, running, held and admitted
@@ -98,7 +103,7 @@ class Scheduler:
             if admitted and chunk + need > self.max_prefill_tokens:
                 break  # the rest go in the next prefill
             if held and need > self.max_prefill_tokens:
-                break  # one prompt is prefilled in chunks at a time
+                continue  # one prompt is prefilled in chunks at a time; shorter ones may pass it
             if (self.running or held or admitted) and tokens + need > self.max_batch_tokens:
                 break  # wait for room; a lone sequence is always admitted
             admitted.append(seq)

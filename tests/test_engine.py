@@ -98,11 +98,15 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(tiny_model
     a = engine.add("a", short, greedy, 60)
     engine.step()
 
-    def first_token(seq):
-        """Step until ``seq`` has its first token: (the chunked prefill it had, the running row's
-        new tokens per step)."""
+    arrivals = []
+
+    def first_token(seq, arrive=0):
+        """Step until ``seq`` has its first token, a short prompt arriving before each of the first
+        ``arrive`` steps: (the chunked prefill it had, the running row's new tokens per step)."""
         chunked, gaps, last = None, [], len(a.token_ids)
         while not seq.token_ids:
+            if len(arrivals) < arrive:
+                arrivals.append(engine.add(f"c{len(arrivals)}", short, greedy, 3))
             engine.step()
             chunked = chunked or engine.chunked
             gaps.append(len(a.token_ids) - last)
@@ -110,11 +114,14 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(tiny_model
         return chunked, gaps
 
     b = engine.add("b", long, greedy, 6)
-    chunked, gaps = first_token(b)
+    chunked, gaps = first_token(b, arrive=3)
     assert chunked is not None and chunked.seq is b and chunked.cached == 0
     assert chunked.steps == -(-len(long) // budget) >= 4  # a budget per chunk, not one pass
-    assert all(sum(gaps[i:i + 2]) >= 1 for i in range(len(gaps) - 1))  # the stream kept its pace
+    # The stream kept its pace, arrivals or not: a token in every two steps.
+    assert all(sum(gaps[i:i + 2]) >= 1 for i in range(len(gaps) - 1)), gaps
     assert b in engine.running and not a.finished
+    while not all(c.token_ids for c in arrivals):  # without a mixed pass they waited for the chunks
+        engine.step()
     hits = engine.prefix_cache.hits
     again = engine.add("again", long, greedy, 6)
     _, gaps = first_token(again)
@@ -122,6 +129,28 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_the_batch_decodes(tiny_model
     run_to_completion(engine)
     assert a.token_ids == alone(h, short, greedy, 60)[1]
     assert b.token_ids == again.token_ids == alone(h, long, greedy, 6)[1]
+    assert len(arrivals) == 3 and all(c.token_ids == alone(h, short, greedy, 3)[1] for c in arrivals)
+
+
+def test_a_short_prompt_passes_a_long_one_that_waits_for_the_prompt_being_chunked(tiny_models):
+    """One prompt is prefilled in chunks at a time; a second long prompt waits for it, but a short
+    one queued behind the second starts at the next step (fp32: all get their tokens alone)."""
+    h = load(tiny_models, TINY_LLAMA3, dtype="float32")
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    short = h.encode_chat([Message(role="user", content="Tell me about the sea.")])
+    long = h.encode_chat([Message(role="user", content="Once upon a time there was a very long prompt " * 10)])
+    other = h.encode_chat([Message(role="user", content="A different and also rather long prompt " * 10)])
+    engine = Engine(h, max_batch=4, max_prefill_tokens=len(short) + 1)
+    b = engine.add("b", long, greedy, 4)
+    engine.step()
+    assert engine.chunked is not None and engine.chunked.seq is b
+    d = engine.add("d", other, greedy, 4)
+    c = engine.add("c", short, greedy, 4)
+    while not c.token_ids:
+        engine.step()
+    assert engine.chunked is not None and engine.chunked.seq is b and not d.token_ids
+    run_to_completion(engine)
+    assert [s.token_ids for s in (b, c, d)] == [alone(h, ids, greedy, 4)[1] for ids in (long, short, other)]
 
 
 def test_a_prompt_cancelled_while_prefilled_in_chunks_ends_at_the_next_step(tiny_models):

@@ -83,7 +83,8 @@ class EngineLoop(threading.Thread):
         self.peak_batch = 0
 
     def stats(self) -> dict[str, int]:
-        return {"running": len(self.engine.running), "waiting": len(self.engine.waiting),
+        held = 1 if self.engine.chunked is not None else 0  # a long prompt being prefilled in chunks
+        return {"running": len(self.engine.running) + held, "waiting": len(self.engine.waiting),
                 "peak_batch": self.peak_batch}
 
     # --- called from Celery's pool threads --------------------------------------------------------

@@ -79,3 +79,44 @@ def test_a_job_is_recorded_with_its_message_or_not_at_all(stack):
     assert rec[b"status"] == b"queued" and rec[b"queue"] == queue.encode() and rec[b"meta"] == b'{"k": 1}'
     assert 0 < r.ttl(job_key("job-depth-1")) <= 60
     r.delete(queue)
+
+
+def test_the_front_reads_presence_from_the_workers_set_and_refreshes_it_off_the_request(stack):
+    """Live workers are the announced names whose hash has not expired (no keyspace scan); a view
+    over half a second old is answered at once and refreshed in the background."""
+    import redis.asyncio as aioredis
+
+    from tasks.contract.records import WORKER_KEY, WORKER_NAMES
+    from tasks.queue.client import JobClient
+
+    r = stack.redis
+    model = "test/presence-model"
+    for name in ("presence-live", "presence-dead"):
+        r.hset(WORKER_KEY.format(name), mapping={"name": name, "model": model, "state": "ready"})
+        r.sadd(WORKER_NAMES, name)
+    r.delete(WORKER_KEY.format("presence-dead"))  # its heartbeat expired; a reaper has not seen it yet
+    for i in range(300):  # other keys (job records) must not be walked
+        r.set(f"llmhost:presence-filler-{i}", "x", ex=60)
+
+    async def views() -> tuple[list[str], list[str], list[str]]:
+        client = aioredis.Redis.from_url(stack.redis_url)
+        jobs = JobClient(client, create_celery(Settings(redis_url=stack.redis_url)), job_ttl=60)
+        try:
+            first = [w.name for w in await jobs.workers() if w.model == model]
+            r.hset(WORKER_KEY.format("presence-new"), mapping={"name": "presence-new", "model": model, "state": "ready"})
+            r.sadd(WORKER_NAMES, "presence-new")
+            jobs._presence = (jobs._presence[0] - 1.0, jobs._presence[1])  # half a second old and more
+            stale = [w.name for w in await jobs.workers() if w.model == model]  # answered from the view
+            assert jobs._presence_read is not None
+            await jobs._presence_read
+            return first, stale, [w.name for w in await jobs.workers() if w.model == model]
+        finally:
+            await client.aclose()
+
+    try:
+        first, stale, refreshed = asyncio.run(views())
+        assert first == stale == ["presence-live"]
+        assert sorted(refreshed) == ["presence-live", "presence-new"]
+    finally:
+        for name in ("presence-live", "presence-new"):
+            r.delete(WORKER_KEY.format(name))

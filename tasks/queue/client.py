@@ -49,7 +49,8 @@ log = logging.getLogger("llmhost.client")
 
 POLL_SECONDS = 1.0
 _BACKGROUND: set[asyncio.Task] = set()  # cleanup tasks must not be garbage-collected mid-flight
-PRESENCE_CACHE_SECONDS = 0.5
+PRESENCE_CACHE_SECONDS = 0.5  # a view older than this is refreshed in the background
+PRESENCE_STALE_SECONDS = 2.0  # older than this (or none yet), the request reads it itself
 
 
 def cancel_soon(client: "JobClient", job_id: str, reason: str, attempts: int = 5) -> None:
@@ -151,15 +152,33 @@ class JobClient:
         self.max_attempts = max_attempts
         self.store = JobStore(redis_client, job_ttl)
         self.hub = EventHub(redis_client)
-        self._presence: tuple[float, list[WorkerInfo]] = (0.0, [])
+        self._presence: tuple[float, list[WorkerInfo]] = (float("-inf"), [])
+        self._presence_read: "asyncio.Future[list[WorkerInfo]] | None" = None
 
     async def workers(self, fresh: bool = False) -> list[WorkerInfo]:
-        """Live workers, read at most every half second: routing needs no round trip per request."""
+        """Live workers. Routing waits for no round trip: a view older than half a second is
+        refreshed in the background while requests use it, and read in the request only when it
+        is older than PRESENCE_STALE_SECONDS (an idle front) or ``fresh`` is asked for."""
         at, cached = self._presence
-        if fresh or time.monotonic() - at > PRESENCE_CACHE_SECONDS:
-            cached = await live_workers(self.redis)
-            self._presence = (time.monotonic(), cached)
+        age = time.monotonic() - at
+        if fresh or age > PRESENCE_STALE_SECONDS:
+            return await self._read_presence()
+        if age > PRESENCE_CACHE_SECONDS and self._presence_read is None:
+            self._presence_read = task = asyncio.ensure_future(self._read_presence())
+            task.add_done_callback(self._presence_read_done)
         return cached
+
+    async def _read_presence(self) -> list[WorkerInfo]:
+        started = time.monotonic()
+        workers = await live_workers(self.redis)
+        if started >= self._presence[0]:  # never replace a newer view with an older one
+            self._presence = (started, workers)
+        return workers
+
+    def _presence_read_done(self, task: "asyncio.Future[list[WorkerInfo]]") -> None:
+        self._presence_read = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not refresh worker presence: %s", task.exception())
 
     async def submit(self, task: str, job: JobBase, *, endpoint: str, meta: dict[str, Any], watch: bool,
                      ttl: int | None = None, max_depth: int = 0) -> "JobWatch | None":

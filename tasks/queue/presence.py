@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from tasks.contract.records import CLASSES, WORKER_PATTERN, WorkerInfo, queue_name
+from tasks.contract.records import CLASSES, WORKER_KEY, WORKER_NAMES, WorkerInfo, queue_name
+
+# Every announced worker's hash, in one round trip: the names come from the set each heartbeat adds
+# to (a SCAN of the keyspace would walk every job record kept: hundreds of round trips on a busy
+# server). A name whose hash expired (a dead worker, until a reaper removes it) reads as nothing.
+LIVE_LUA = """
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local h = redis.call('HGETALL', ARGV[1] .. name)
+  if #h > 0 then out[#out + 1] = h end
+end
+return out
+"""
+_PREFIX = WORKER_KEY.format("")
 
 
 async def live_workers(client: aioredis.Redis) -> list[WorkerInfo]:
     """Front side: every worker whose heartbeat has not expired."""
-    keys = [k async for k in client.scan_iter(match=WORKER_PATTERN, count=200)]
-    if not keys:
-        return []
-    async with client.pipeline(transaction=False) as p:
-        for k in keys:
-            p.hgetall(k)
-        rows = await p.execute()
-    return [WorkerInfo.from_hash(r) for r in rows if r]
+    rows = await client.eval(LIVE_LUA, 1, WORKER_NAMES, _PREFIX)
+    return [WorkerInfo.from_hash(dict(zip(flat[::2], flat[1::2]))) for flat in rows]
 
 
 async def queue_depths(client: aioredis.Redis, models: list[str]) -> dict[str, dict[str, int]]:

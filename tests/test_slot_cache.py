@@ -202,3 +202,34 @@ def test_fused_siblings_are_right_in_any_order_and_for_any_input():
 
     for name, inp in [("v_proj", x), ("q_proj", x), ("k_proj", y), ("k_proj", x), ("q_proj", y), ("v_proj", y)]:
         torch.testing.assert_close(getattr(block, name)(inp).float(), want(name, inp), atol=0.05, rtol=0.02)
+
+
+def test_a_fresh_batch_reuses_the_last_batchs_buffers_and_gets_its_own_tokens(tiny_models):
+    """When the batch empties its (small) buffers are kept; the next batch writes over the old
+    rows' keys, values and mask, which must hide them: its rows get the tokens they get alone in a
+    new engine (fp32), the shorter row's padding included."""
+    h = load(tiny_models, TINY_LLAMA3, dtype="float32")
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    old = [h.encode_chat([Message(role="user", content=f"A long prompt {i} that leaves its keys behind " * 4)])
+           for i in range(2)]
+    new = [h.encode_chat([Message(role="user", content="Hi")]),
+           h.encode_chat([Message(role="user", content="Tell me something about the sea, please.")])]
+
+    def run(engine: Engine, prompts: list[list[int]], n: int) -> list[list[int]]:
+        seqs = [engine.add(f"s{i}-{len(ids)}", ids, greedy, n) for i, ids in enumerate(prompts)]
+        with torch.inference_mode():
+            while engine.has_work():
+                engine.step()
+        return [seq.token_ids for seq in seqs]
+
+    engine = Engine(h, max_batch=4, prefix_cache_tokens=0)
+    run(engine, old, 12)
+    kv = engine.kv
+    assert isinstance(kv, SlotCache) and kv.rows == 0 and kv._spare is not None
+    spare = kv._spare[0][0]
+    assert spare.abs().sum() > 0 and kv._spare[2].sum() > 0  # the old rows' keys and mask are still there
+    tokens = run(engine, new, 10)
+    assert kv._spare is not None and kv._spare[0][0] is spare  # the same buffers, used again
+    assert tokens == [run(Engine(h, max_batch=4, prefix_cache_tokens=0), [ids], 10)[0] for ids in new]
+    engine.release()
+    assert kv._spare is None

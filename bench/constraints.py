@@ -381,7 +381,7 @@ def replay(cand: Candidate, grammar: Any, tokens: list[int], times: int, width: 
 def measure(handler, name: str, max_tokens: int, repeats: int, replays: int) -> dict[str, Any]:
     cand = CANDIDATES[name]()
     stop = sorted(handler.stop_ids)
-    vocab = handler.model.get_output_embeddings().weight.shape[0]
+    vocab = handler.model.get_output_embeddings().out_features
     t = time.perf_counter()
     cand.setup(handler.tokenizer, vocab, stop)
     setup_ms = (time.perf_counter() - t) * 1e3

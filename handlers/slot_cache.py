@@ -21,7 +21,8 @@ Memory follows the batch: buffers are sized to the rows and columns in use plus 
 down to the rows in use at each rebuild, and dropped when the batch empties, except buffers of at
 most ``SPARE_BYTES``, kept for the next batch that fits them: a fresh batch then allocates nothing
 (new buffers cost page faults and zero-fill on every request of a quiet server, 8–30 ms for one
-short SmolLM2 row on 2 AVX2 cores, more than a decode step), only its mask is zeroed. Invariant: the mask
+short SmolLM2 row on 2 AVX2 cores), only its mask is zeroed; buffers holding a non-finite value are
+never kept. Invariant: the mask
 buffer is zero outside the live rows' windows, and the KV buffers hold finite values everywhere
 (zeros or old rows' keys), so masked columns never carry NaN into attention.
 """
@@ -138,8 +139,11 @@ class SlotCache(BatchCache):
         """The batch emptied: no rows; small buffers are kept as the spare for the next batch."""
         super().clear()
         if self.mask_buf is not None:
-            size = sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
-            self._spare = (self.k, self.v, self.mask_buf) if size <= SPARE_BYTES else None
+            bufs = (*self.k, *self.v)
+            # Kept only when small and finite: a masked column's NaN would still reach attention
+            # (0 × NaN), so keys a bad row left behind must never meet another batch.
+            small = sum(t.numel() * t.element_size() for t in bufs) <= SPARE_BYTES
+            self._spare = (self.k, self.v, self.mask_buf) if small and _finite(bufs) else None
         self.k, self.v, self.mask_buf = [], [], None
         self.rows = self.start = self.end = 0
 
@@ -329,6 +333,10 @@ class SlotCache(BatchCache):
     def _ensure_layers(self) -> None:
         if self.cache is None or len(self.cache.layers) != len(self.k):
             self.cache = Cache(layers=[_SlotLayer(self, i) for i in range(len(self.k))])
+
+
+def _finite(bufs: tuple[torch.Tensor, ...]) -> bool:
+    return bool(torch.stack([t.isfinite().all() for t in bufs]).all())
 
 
 def _shape(t: torch.Tensor) -> Shape:

@@ -79,7 +79,7 @@ def smol(tiny_models):
 
 @pytest.fixture(scope="module")
 def compiler(smol):
-    width = smol.model.get_output_embeddings().weight.shape[0]
+    width = smol.model.get_output_embeddings().out_features
     return GrammarCompiler(smol.tokenizer, width, smol.stop_ids)
 
 
@@ -192,7 +192,7 @@ def test_compiled_once_per_schema(compiler):
 def test_stop_tokens_only_when_complete(smol, compiler):
     """Stop tokens are masked out mid-JSON, and are the only choice once the object is closed."""
     matcher = compiler.json_schema(ENUM_ONLY).matcher()
-    width = smol.model.get_output_embeddings().weight.shape[0]
+    width = smol.model.get_output_embeddings().out_features
     text_ids = smol.tokenizer.encode('"neutral"', add_special_tokens=False)
     for token in text_ids:
         row = torch.zeros(width)
@@ -218,7 +218,7 @@ def test_stop_tokens_only_when_complete(smol, compiler):
 
 
 def test_mask_batch_leaves_unconstrained_rows(smol, compiler):
-    width = smol.model.get_output_embeddings().weight.shape[0]
+    width = smol.model.get_output_embeddings().out_features
     logits = torch.randn(3, width + 8, dtype=torch.bfloat16)  # wider than the model's vocab: padding
     before = logits.clone()
     mask_batch(logits, [compiler.json_object().matcher(), None, compiler.json_schema(ENUM_ONLY).matcher()])

@@ -184,7 +184,15 @@ def test_interactive_jobs_start_before_a_background_backlog(tmp_path, stack):
     import shutil
 
     shutil.copytree(stack.models_dir / TINY_GENERIC, stack.models_dir / model)
-    proc = stack.start_worker(model, LLMHOST_MAX_BATCH="4", LLMHOST_RESERVED_SLOTS="1")
+    # A long heartbeat TTL: paused below, the worker must stay announced (and routed to).
+    proc = stack.start_worker(model, LLMHOST_MAX_BATCH="4", LLMHOST_RESERVED_SLOTS="1", LLMHOST_HEARTBEAT_TTL="60")
+    try:
+        _priorities(stack, proc, model)
+    finally:
+        proc.terminate()
+
+
+def _priorities(stack, proc, model: str) -> None:
     wait_until(lambda: worker_name(stack, proc), 90, "the worker")
     body = {**LONG, "model": model}
     # The worker is paused while the backlog is queued, so that how fast a machine runs the first
@@ -210,7 +218,6 @@ def test_interactive_jobs_start_before_a_background_backlog(tmp_path, stack):
         assert not [b for b in bulk_started if created < b < started], "a background job went first"
     for job_id in ids:
         httpx.delete(f"{stack.base_url}/v1/jobs/{job_id}", timeout=10)
-    proc.terminate()
 
 
 def test_a_requeued_job_whose_message_was_never_sent_is_sent_by_a_reaper(stack):

@@ -81,14 +81,16 @@ def test_a_job_is_recorded_with_its_message_or_not_at_all(stack):
     r.delete(queue)
 
 
-def test_the_front_reads_presence_from_the_workers_set_and_refreshes_it_off_the_request(stack):
+def test_the_front_reads_presence_from_the_workers_set_and_refreshes_it_off_the_request(stack, monkeypatch):
     """Live workers are the announced names whose hash has not expired (no keyspace scan); a view
     over half a second old is answered at once and refreshed in the background."""
     import redis.asyncio as aioredis
 
     from tasks.contract.records import WORKER_KEY, WORKER_NAMES
+    from tasks.queue import client as queue_client
     from tasks.queue.client import JobClient
 
+    monkeypatch.setattr(queue_client, "PRESENCE_STALE_SECONDS", 3600.0)  # a slow machine must not read it inline
     r = stack.redis
     model = "test/presence-model"
     for name in ("presence-live", "presence-dead"):

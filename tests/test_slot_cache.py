@@ -184,6 +184,30 @@ def test_packed_linear_layers_give_the_models_logits(tiny_models):
     torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
+def test_fp32_layers_are_packed_on_cpus_that_are_not_intels(tiny_models, monkeypatch, vendor):
+    """fp32 is packed for oneDNN where MKL is slow (not Intel's CPUs) and left to MKL on Intel's;
+    packed, the logits are the model's, alone or in a batch."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.setattr(cpu_linear, "_cpu_vendor", lambda: vendor)
+    plain = load(tiny_models, TINY_CHATML, dtype="float32", cpu_kernels=False)
+    packed = load(tiny_models, TINY_CHATML, dtype="float32")
+    if vendor == "GenuineIntel":
+        assert not any(isinstance(m, (cpu_linear.PackedLinear, cpu_linear.FusedMember)) for m in packed.model.modules())
+        return
+    assert not any(type(m) is nn.Linear for m in packed.model.modules())
+    rows = [plain.encode_chat([Message(role="user", content=t)]) for t in ("Tell me about the sea.", "Hi there, you!")]
+    width = max(map(len, rows))
+    ids = torch.tensor([[plain.pad_id] * (width - len(r)) + r for r in rows])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in rows])[:, None]).long()
+    with torch.inference_mode():
+        a, b = plain.model(ids, attention_mask=mask).logits, packed.model(ids, attention_mask=mask).logits
+        alone = packed.model(ids[1:], attention_mask=mask[1:]).logits
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(alone[0], b[1], atol=1e-5, rtol=1e-5)  # a row alone is the row in a batch
+
+
 def test_fused_siblings_are_right_in_any_order_and_for_any_input():
     if not cpu_linear.available():
         pytest.skip("this torch has no oneDNN")

@@ -152,6 +152,10 @@ class EngineLoop(threading.Thread):
             item.waiter.error = server_error(f"Could not start this sequence: {type(e).__name__}: {e}")
             item.waiter.done.set()
             return
+        if not self._waiters:
+            # Its job's status was read when it was claimed, a moment ago: the first step of an idle
+            # engine need not wait for a cancel check (one Redis round trip before its prefill).
+            self._last_cancel_check = time.monotonic()
         self._waiters[seq_id] = item.waiter
 
     def _drain(self) -> None:

@@ -27,6 +27,12 @@ from tasks.worker.jobs import WorkerJobs
 
 log = logging.getLogger("llmhost.reaper")
 
+# A dead worker's name leaves the set the front reads presence from only if its key is still gone.
+FORGET_LUA = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('SREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
 
 class Reaper:
     def __init__(self, client: redis.Redis, jobs: WorkerJobs, celery: Celery, me: str, max_attempts: int,
@@ -39,6 +45,7 @@ class Reaper:
         self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._forget = client.register_script(FORGET_LUA)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="llmhost-reaper", daemon=True)
@@ -81,7 +88,8 @@ class Reaper:
                 if outcome != "gone":
                     log.warning("job %s of dead worker %s: %s", job_id, dead, outcome, extra={"job_id": job_id})
             # Its held set is empty now (a job it got meanwhile would be in a live worker's set).
-            self._r.srem(WORKER_NAMES, dead)
+            # Forgotten only if still gone: a worker back from a pause stays known to the front.
+            self._forget(keys=[WORKER_NAMES, WORKER_KEY.format(dead)], args=[dead])
         for job_id, rec in self._jobs.unsent(time.time() - OUTBOX_GRACE_SECONDS):
             self._send(job_id, rec)
             counts["resent"] = counts.get("resent", 0) + 1

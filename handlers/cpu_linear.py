@@ -34,15 +34,18 @@ BATCH_HINT = 32  # the batch size the packed layout is tuned for (it serves any 
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
+def onednn() -> bool:
+    """This torch has oneDNN and its prepacked linear ops."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
 def fp32_wanted() -> bool:
     """oneDNN for fp32 too, on CPUs that are not Intel's: there MKL's sgemm (what ``F.linear`` runs
     in fp32) takes its slow paths. Measured on 2 AMD EPYC (AVX2) cores, SmolLM2 shapes: a packed
     oneDNN weight runs the 49k-row LM head 2× faster at batch 1 (7 ms instead of 15) and the
     projections 1.2–1.7× at batch 16–32; its rows come out the same whatever the batch (MKL's do
     not), so batched greedy stays unbatched greedy."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
-        return False
-    return _cpu_vendor() not in ("GenuineIntel", "")
+    return onednn() and _cpu_vendor() not in ("GenuineIntel", "")
 
 
 def _cpu_vendor() -> str:
@@ -59,7 +62,7 @@ def _cpu_vendor() -> str:
 def available() -> bool:
     """oneDNN with bf16 kernels for this CPU (its reorder refuses bf16 without AVX512-BW/VL/DQ or
     AVX-NE-CONVERT; ``LLMHOST_DTYPE=bfloat16`` on such a CPU keeps the plain layers)."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+    if not onednn():
         return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

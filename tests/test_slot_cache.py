@@ -188,7 +188,7 @@ def test_packed_linear_layers_give_the_models_logits(tiny_models):
 def test_fp32_layers_are_packed_on_cpus_that_are_not_intels(tiny_models, monkeypatch, vendor):
     """fp32 is packed for oneDNN where MKL is slow (not Intel's CPUs) and left to MKL on Intel's;
     packed, the logits are the model's, alone or in a batch."""
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+    if not cpu_linear.onednn():
         pytest.skip("this torch has no oneDNN")
     monkeypatch.setattr(cpu_linear, "_cpu_vendor", lambda: vendor)
     plain = load(tiny_models, TINY_CHATML, dtype="float32", cpu_kernels=False)

@@ -17,7 +17,6 @@ from typing import Any, Literal
 JOB_KEY = "llmhost:job:{}"
 REPLY_CHANNEL = "llmhost:replies:{}"
 WORKER_KEY = "llmhost:worker:{}"
-WORKER_PATTERN = "llmhost:worker:*"
 # Every worker name ever announced (until a reaper has dealt with its death), and per worker the
 # jobs it has taken and not yet ended: what must be delivered again if it dies.
 WORKER_NAMES = "llmhost:workers"

@@ -47,7 +47,8 @@ def _clean_anthropic(body: dict) -> None:
         messages[-1]["role"] = "user"
     if not isinstance(body.get("system"), str):
         body.pop("system", None)
-    if not all(isinstance(s, str) and s for s in body.get("stop_sequences") or ()):
+    stops = body.get("stop_sequences")  # generated bodies may hold any JSON here (an int, a dict)
+    if stops is not None and not (isinstance(stops, list) and all(isinstance(s, str) and s for s in stops)):
         body.pop("stop_sequences", None)
 
 

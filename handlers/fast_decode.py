@@ -112,6 +112,7 @@ class FastDecoder:
         into the buffers (``kv.advance`` follows); the logits are those of each row's last token."""
         assert kv.lengths is not None and kv.pending is not None and kv.mask_buf is not None
         running, end, dev = kv.rows - len(joining), kv.end, kv.device
+        kv.wrote(kv.rows, end + 1)  # this pass writes column ``end`` of every row, joining rows' columns before it
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         ids, positions, spans = _step_tokens(kv, joining, running)
         tokens = ids.shape[0]

@@ -96,7 +96,10 @@ class SlotCache(BatchCache):
         self.v: list[torch.Tensor] = []
         self.mask_buf: torch.Tensor | None = None  # [row capacity, column capacity]
         self.rows = self.start = self.end = 0
-        self._spare: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
+        # Rows and columns of the buffers that any write reached since they were made: only there
+        # can a non-finite value be (the rest is zeros), so only there is it looked for.
+        self.dirty = (0, 0)
+        self._spare: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, tuple[int, int]] | None = None
 
     @staticmethod
     def supports(model_config: Any) -> bool:
@@ -143,20 +146,23 @@ class SlotCache(BatchCache):
             # Kept only when small and finite: a masked column's NaN would still reach attention
             # (0 × NaN), so keys a bad row left behind must never meet another batch.
             small = sum(t.numel() * t.element_size() for t in bufs) <= SPARE_BYTES
-            self._spare = (self.k, self.v, self.mask_buf) if small and _finite(bufs) else None
+            keep = small and _finite([t[:self.dirty[0], :, :self.dirty[1]] for t in bufs])
+            self._spare = (self.k, self.v, self.mask_buf, self.dirty) if keep else None
         self.k, self.v, self.mask_buf = [], [], None
         self.rows = self.start = self.end = 0
+        self.dirty = (0, 0)
 
     def _take_spare(self, rows: int, cols: int, shapes: list[Shapes]) -> bool:
         """Use the spare buffers for a fresh batch of ``rows`` × ``cols`` when they fit and match."""
         spare, self._spare = self._spare, None
         if spare is None:
             return False
-        k, v, mask = spare
+        k, v, mask, dirty = spare
         fits = (mask.shape[0] >= rows and mask.shape[1] >= cols and len(k) == len(shapes)
                 and all((_shape(a), _shape(b)) == layer for a, b, layer in zip(k, v, shapes)))
         if fits:
             self.k, self.v, self.mask_buf = k, v, mask.zero_()  # old keys are finite: the mask hides them
+            self.dirty = dirty
         return fits
 
     # --- the decode --------------------------------------------------------------------------------
@@ -174,6 +180,8 @@ class SlotCache(BatchCache):
         """A forward's new keys/values for ``layer`` (one column per step) go in at ``end``; the
         model attends over the window including them."""
         n = keys.shape[2]
+        if not layer:
+            self.wrote(self.rows, self.end + n)
         self.k[layer][:self.rows, :, self.end:self.end + n] = keys
         self.v[layer][:self.rows, :, self.end:self.end + n] = values
         return self.window(layer, n)
@@ -210,6 +218,7 @@ class SlotCache(BatchCache):
             self.v[i][r0:r0 + new, :, at] = values
         self.mask_buf[r0:r0 + new, at] = mask
         self.rows += new
+        self.wrote(self.rows, self.end)
         self.start = min(self.start, self.end - cols)
 
     def admit(self, lengths: list[int], prefixes: list[KV | None], shapes: list[Shapes]) -> list[tuple[int, int]]:
@@ -247,6 +256,7 @@ class SlotCache(BatchCache):
         self.lengths = torch.cat([self.lengths, torch.tensor([n - 1 for n in lengths], device=self.device)])
         self.pending = torch.cat([self.pending, torch.zeros(new, dtype=self.pending.dtype, device=self.device)])
         self.rows += new
+        self.wrote(self.rows, self.end)  # the prefixes copied in end before ``end``
         self.start = min(self.start, self.end + 1 - longest)
         return places
 
@@ -260,6 +270,11 @@ class SlotCache(BatchCache):
                 cols = slice(first, first + want)
                 self.prefix_cache.store(ids, [(k[row:row + 1, :, cols], v[row:row + 1, :, cols])
                                               for k, v in zip(self.k, self.v)])
+
+    def wrote(self, rows: int, cols: int) -> None:
+        """Writes reached rows below ``rows`` and columns below ``cols`` (the fast decoder writes
+        the buffers itself and says so here)."""
+        self.dirty = (max(self.dirty[0], rows), max(self.dirty[1], cols))
 
     def _make_room(self, rows: int, cols: int) -> None:
         """Row capacity for ``rows`` and at least ``cols`` columns left of ``end``."""
@@ -328,6 +343,7 @@ class SlotCache(BatchCache):
             mask[:live, dst] = self.mask_buf[:live, src]
         self.mask_buf = mask
         self.start, self.end = left, left + width
+        self.dirty = (live, self.end)  # new buffers: zeros, and the window copied in
         self._ensure_layers()
 
     def _ensure_layers(self) -> None:
@@ -335,8 +351,12 @@ class SlotCache(BatchCache):
             self.cache = Cache(layers=[_SlotLayer(self, i) for i in range(len(self.k))])
 
 
-def _finite(bufs: tuple[torch.Tensor, ...]) -> bool:
-    return bool(torch.stack([t.isfinite().all() for t in bufs]).all())
+def _finite(bufs: list[torch.Tensor]) -> bool:
+    """Whether every value of ``bufs`` is finite, in one pass and one host sync: a NaN or an
+    infinity makes its tensor's norm non-finite (so may a norm that overflows: then a finite buffer
+    is taken for a bad one, the safe way round)."""
+    bufs = [t for t in bufs if t.numel()]
+    return not bufs or bool(torch.stack(torch._foreach_norm(bufs)).isfinite().all())
 
 
 def _shape(t: torch.Tensor) -> Shape:

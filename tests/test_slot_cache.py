@@ -13,7 +13,7 @@ from torch import nn
 from handlers import cpu_linear, fast_decode, slot_cache
 from handlers.batch_cache import BatchCache
 from handlers.engine import Engine
-from handlers.slot_cache import SlotCache
+from handlers.slot_cache import HEADROOM, SlotCache
 from tasks.contract.payloads import Message, SamplingParams
 from tests.conftest import TINY_CHATML, TINY_GEMMA, TINY_LLAMA3
 from tests.test_families import load
@@ -257,3 +257,38 @@ def test_a_fresh_batch_reuses_the_last_batchs_buffers_and_gets_its_own_tokens(ti
     assert tokens == [run(Engine(h, max_batch=4, prefix_cache_tokens=0), [ids], 10)[0] for ids in new]
     engine.release()
     assert kv._spare is None
+
+
+def test_only_the_written_region_is_checked_and_it_holds_every_key_written(tiny_models):
+    """The spare check looks at the rows and columns writes reached (``dirty``), not the whole
+    buffers (a full pass over them cost milliseconds on every request of a quiet server). So every
+    nonzero value must lie inside that region, after joins mid-batch, rows leaving and a rebuild
+    past the headroom; and a NaN inside it still drops the buffers."""
+    h = load(tiny_models, TINY_LLAMA3, dtype="float32")
+    greedy = SamplingParams(temperature=0, ignore_eos=True)
+    prompts = [h.encode_chat([Message(role="user", content="Hi " * (1 + 5 * i))]) for i in range(3)]
+    engine = Engine(h, max_batch=4, prefix_cache_tokens=0)
+    engine.add("long", prompts[0], greedy, HEADROOM + 10)  # grows past the headroom: a rebuild
+    with torch.inference_mode():
+        for step in range(HEADROOM + 12):
+            if step in (2, 5):  # join a running batch, then leave it early
+                engine.add(f"join{step}", prompts[step // 2], greedy, 3)
+            if engine.has_work():
+                engine.step()
+    kv = engine.kv
+    assert isinstance(kv, SlotCache) and kv.rows == 0 and kv._spare is not None
+    k, v, _, (rows, cols) = kv._spare
+    assert rows >= 1 and cols > HEADROOM
+    for t in (*k, *v):
+        outside = t.clone()
+        outside[:rows, :, :cols] = 0
+        assert outside.abs().sum() == 0
+    # A NaN where a row wrote: the next batch must not get these buffers.
+    engine.add("again", prompts[1], greedy, 2)
+    with torch.inference_mode():
+        engine.step()
+        kv.k[-1][0, 0, kv.start, 0] = float("nan")
+        while engine.has_work():
+            engine.step()
+    assert kv._spare is None
+    engine.release()

@@ -243,3 +243,67 @@ def test_a_requeued_job_whose_message_was_never_sent_is_sent_by_a_reaper(stack):
     rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job.job_id])[0]),
                      60, "the orphaned job to be sent and run")
     assert rec["attempts"] == "1" and r.zscore(OUTBOX, job.job_id) is None
+
+
+def _queued_record(job, queue: str, at: float) -> dict:
+    from tasks.contract.payloads import TASK_GENERATE
+
+    return {"status": "queued", "endpoint": "/v1/completions", "model": job.model, "created_at": at, "meta": "{}",
+            "ttl": 600, "task": TASK_GENERATE, "queue": queue, "class": "background",
+            "payload": json.dumps(job.model_dump(mode="json")), "attempts": 0}
+
+
+def test_a_message_popped_and_never_claimed_is_sent_again_by_a_reaper(stack):
+    """A worker popped the job's message (BRPOP) and died, or Redis lost its last second, before the
+    claim: the record is queued and unclaimed, the message gone, and no `unacked` copy exists (ack
+    emulation is off). Left exactly so, a reaper finds it in the unclaimed index once the grace has
+    passed, sends it again, and the job succeeds once."""
+    from tasks.contract.payloads import GenerateJob, SamplingParams
+    from tasks.contract.records import UNCLAIMED, UNCLAIMED_GRACE_SECONDS, job_key, queue_name
+
+    job = GenerateJob(job_id="job-popped-1", model=TINY_CHATML, prompts=["once"], deadline=time.time() + 120,
+                      klass="background", sampling=SamplingParams(max_tokens=5, temperature=0))
+    r = stack.redis
+    then = time.time() - UNCLAIMED_GRACE_SECONDS - 1
+    with r.pipeline(transaction=True) as p:
+        p.hset(job_key(job.job_id), mapping=_queued_record(job, queue_name(job.model, "background"), then))
+        p.expire(job_key(job.job_id), 600)
+        p.zadd(UNCLAIMED, {job.job_id: then})
+        p.execute()
+    rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job.job_id])[0]),
+                     60, "the lost message to be sent again and run")
+    assert rec["attempts"] == "1" and r.zscore(UNCLAIMED, job.job_id) is None
+
+
+def test_the_unclaimed_index_leaves_a_job_waiting_its_turn_alone(stack):
+    """A job behind others in its queue is not lost: it is not sent again (its message is there);
+    once its queue is empty and it is still unclaimed it is; once claimed it leaves the index. The
+    script, on a queue no worker reads."""
+    from tasks.contract.payloads import GenerateJob, SamplingParams
+    from tasks.contract.records import UNCLAIMED, job_key
+    from tasks.worker.jobs import WorkerJobs
+
+    r, queue = stack.redis, "llmhost.test.unclaimed"
+    job = GenerateJob(job_id="job-waiting-1", model=TINY_CHATML, prompts=["x"], deadline=time.time() + 120,
+                      sampling=SamplingParams(max_tokens=1))
+    # Times far ahead: the stack's own reapers (which look before now - grace) never touch it.
+    later, look = time.time() + 1000, time.time() + 2000
+    r.delete(queue)
+    r.hset(job_key(job.job_id), mapping=_queued_record(job, queue, time.time()))
+    r.expire(job_key(job.job_id), 600)
+    r.zadd(UNCLAIMED, {job.job_id: later})
+    r.lpush(queue, "another job's message")
+    jobs = WorkerJobs(r, 600)
+    try:
+        assert jobs.unclaimed(look) == [] and r.zscore(UNCLAIMED, job.job_id) == later
+        r.delete(queue)
+        [(job_id, rec)] = jobs.unclaimed(look)
+        assert job_id == job.job_id and rec["queue"] == queue
+        assert jobs.resend(job_id, (queue, "again"), later + 1) and r.lrange(queue, 0, -1) == [b"again"]
+        assert not jobs.resend(job_id, (queue, "twice"), later + 2) and r.llen(queue) == 1  # its queue holds it now
+        assert r.zscore(UNCLAIMED, job.job_id) == later + 1
+        assert jobs.move(job.job_id, "running", worker="w-test", started_at=time.time()) == "ok"
+        assert r.zscore(UNCLAIMED, job.job_id) is None
+    finally:
+        r.delete(queue, job_key(job.job_id), "llmhost:held:w-test")
+        r.zrem(UNCLAIMED, job.job_id)

@@ -60,8 +60,7 @@ def create_celery(settings: Settings) -> Celery:
         # worker holds (its batch), so nothing waits reserved inside a worker where no other worker
         # can take it. Redelivery after a worker's death is ours (tasks/worker/reaper.py, from the
         # job record, with attempts counted), not the visibility timeout's: that one cannot tell a
-        # dead worker from a long job, and would run a long job twice. It stays as a backstop; a
-        # copy it restores is skipped by the claim (a job runs only from `queued`).
+        # dead worker from a long job, and would run a long job twice.
         task_acks_late=True,
         # Queues are per model and made on first use; nothing goes to a default queue.
         task_create_missing_queues=True,
@@ -78,7 +77,12 @@ def create_celery(settings: Settings) -> Celery:
             # A worker's queues are listed interactive, background, batch: always BRPOP in that
             # order (not kombu's default round robin), so a free slot takes interactive work first.
             "queue_order_strategy": "priority",
-            "visibility_timeout": 3600,
+            # No copy of each message in an `unacked` hash: that costs a round trip as each message
+            # arrives (before its task can start) and another at its ack, and gives a message back
+            # only after the visibility timeout (an hour). A worker claims each job as its message
+            # arrives, and a message lost between the pop and the claim is sent again by a reaper
+            # (UNCLAIMED in tasks/contract/records.py).
+            "ack_emulation": False,
         },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,

@@ -28,6 +28,15 @@ HELD_KEY = "llmhost:held:{}"
 # record and its message in one transaction (JobStore.create).
 OUTBOX = "llmhost:outbox"
 OUTBOX_GRACE_SECONDS = 10.0
+# Jobs whose message was sent and that no worker has claimed yet: job id → when it was (re)queued.
+# Written by CREATE_LUA and REAP_LUA, left by the claim or any final move (TRANSITION_LUA). A worker
+# pops a message (BRPOP) and claims its job a moment later; Celery's own ack emulation, which kept
+# a copy meanwhile, costs a round trip per message each way and gives it back only after its
+# visibility timeout (an hour). Instead, a reaper resends a job that stays here past the grace
+# while its queue is empty (RESEND_LUA): its message died between the pop and the claim (a worker
+# killed there, or Redis losing its last second). A duplicate is harmless: only `queued` starts.
+UNCLAIMED = "llmhost:unclaimed"
+UNCLAIMED_GRACE_SECONDS = 10.0
 # A job's kept events (JobBase.events_ttl): a Redis Stream its worker writes, one entry per sequence
 # and step: `a` the attempt (the job's `attempts` once claimed), `e` a delta Event's JSON, `end` when
 # the sequence ended. Bounded; it expires with the job.
@@ -66,19 +75,9 @@ if worker then
     redis.call('SREM', held, string.sub(KEYS[1], 13))
   end
 end
+if ARGV[1] ~= 'queued' then redis.call('ZREM', 'llmhost:unclaimed', string.sub(KEYS[1], 13)) end
 if KEYS[2] and ARGV[3] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[3]) end
 return 'ok'
-"""
-
-# A worker received the job's message (not yet started): note it, so that if this worker dies
-# before starting it, a reaper knows the message died with it. KEYS[1] job, ARGV[1] worker name.
-RESERVE_LUA = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'worker', ARGV[1])
-local held = 'llmhost:held:' .. ARGV[1]
-redis.call('SADD', held, string.sub(KEYS[1], 13))
-redis.call('EXPIRE', held, tonumber(redis.call('HGET', KEYS[1], 'ttl') or 3600))
-return 1
 """
 
 # The worker ARGV[1] is dead; decide job KEYS[1] (taken out of KEYS[2], that worker's held set):
@@ -96,6 +95,7 @@ if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 'gone' end
 redis.call('HDEL', KEYS[1], 'worker')
 if cur == 'queued' then
   redis.call('ZADD', 'llmhost:outbox', ARGV[5], string.sub(KEYS[1], 13))
+  redis.call('ZADD', 'llmhost:unclaimed', ARGV[5], string.sub(KEYS[1], 13))
 end
 if cur == 'running' then
   if redis.call('HGET', KEYS[1], 'streamed') == '1' then
@@ -108,9 +108,26 @@ if cur == 'running' then
   end
   redis.call('HSET', KEYS[1], 'status', 'queued', 'requeued_at', ARGV[5])
   redis.call('ZADD', 'llmhost:outbox', ARGV[5], string.sub(KEYS[1], 13))
+  redis.call('ZADD', 'llmhost:unclaimed', ARGV[5], string.sub(KEYS[1], 13))
   redis.call('HDEL', KEYS[1], 'started_at')
 end
 return 'requeue'
+"""
+
+# Resend the message ARGV[1] of job KEYS[1] (UNCLAIMED) when it is still queued, unclaimed, and its
+# queue KEYS[2] is empty: nothing of it is left in Redis, so its message died between a worker's pop
+# and its claim. Its time in the index starts again (ARGV[2]). 1 when sent; 0 when the job was
+# claimed or ended (it leaves the index) or its queue still holds messages (looked at again later).
+RESEND_LUA = """
+local id = string.sub(KEYS[1], 13)
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' or redis.call('HEXISTS', KEYS[1], 'worker') == 1 then
+  redis.call('ZREM', 'llmhost:unclaimed', id)
+  return 0
+end
+if redis.call('LLEN', KEYS[2]) > 0 then return 0 end
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('ZADD', 'llmhost:unclaimed', ARGV[2], id)
+return 1
 """
 
 # May a client see the kept events of attempt ARGV[1] of job KEYS[1]? 1 when that attempt is the

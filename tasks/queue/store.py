@@ -20,8 +20,8 @@ from tasks.contract.records import (
 )
 
 # Admit and enqueue a new job in one step. KEYS[1] the job hash, KEYS[2] its queue's list; ARGV[1] the
-# queue's depth limit (0: none), ARGV[2] the record's ttl, ARGV[3] the job's message, ARGV[4..] the
-# record's field/value pairs. Returns -1 when the job was recorded and queued, else the queue's
+# queue's depth limit (0: none), ARGV[2] the record's ttl, ARGV[3] the job's message, ARGV[4] now (its
+# time in UNCLAIMED, tasks/contract/records.py), ARGV[5..] the record's field/value pairs. Returns -1 when the job was recorded and queued, else the queue's
 # depth (at the limit: nothing written). One round trip, and no race between the check and the push.
 CREATE_LUA = """
 local limit = tonumber(ARGV[1])
@@ -29,9 +29,10 @@ if limit > 0 then
   local depth = redis.call('LLEN', KEYS[2])
   if depth >= limit then return depth end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('LPUSH', KEYS[2], ARGV[3])
+redis.call('ZADD', 'llmhost:unclaimed', ARGV[4], string.sub(KEYS[1], 13))
 return -1
 """
 
@@ -67,11 +68,12 @@ class JobStore:
         job lives as long as its stored response; a batch line may wait as long as its batch's
         window)."""
         ttl = ttl or self._ttl
-        fields = {"status": "queued", "endpoint": endpoint, "model": model, "created_at": time.time(),
+        now = time.time()
+        fields = {"status": "queued", "endpoint": endpoint, "model": model, "created_at": now,
                   "meta": json.dumps(meta), "ttl": ttl, "task": task, "queue": queue, "class": klass,
                   "payload": payload, "attempts": 0}
         pairs: list[Any] = [x for kv in fields.items() for x in kv]
-        depth = int(await self._create(keys=[job_key(job_id), message[0]], args=[max_depth, ttl, message[1], *pairs]))
+        depth = int(await self._create(keys=[job_key(job_id), message[0]], args=[max_depth, ttl, message[1], now, *pairs]))
         return None if depth < 0 else depth
 
     async def statuses(self, job_ids: list[str]) -> list[str | None]:

@@ -13,7 +13,6 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import redis
 from celery import bootsteps, shared_task
 from celery.signals import task_received
 from celery.worker.control import control_command
@@ -83,13 +82,11 @@ def run(task: str, kind: type[JobBase], payload: dict[str, Any], work: Callable[
 
 @task_received.connect
 def _received(request: Any = None, **_: Any) -> None:
-    """On the consumer's thread, as the message arrives (before a pool thread starts it): if this
-    worker dies before starting it, the reapers know the message died with it."""
+    """On the consumer's thread, as the message arrives: the job is claimed here, one round trip
+    before a pool thread starts it (a free thread always waits: the worker takes one message per
+    thread). From then on, if this worker dies, the reapers deliver the job again."""
     if _runtime is not None and request is not None:
-        try:
-            _runtime.jobs.reserve(request.id, _runtime.name)
-        except redis.RedisError as e:
-            log.warning("job %s: could not note its reservation (%s)", request.id, e)
+        _runtime.claim(request.id)
 
 
 class ConsumerHandle(bootsteps.StartStopStep):

@@ -10,8 +10,9 @@ from tasks.contract.records import (
     HELD_KEY,
     OUTBOX,
     REAP_LUA,
-    RESERVE_LUA,
+    RESEND_LUA,
     TRANSITION_LUA,
+    UNCLAIMED,
     decode_record,
     job_key,
     reap_args,
@@ -26,8 +27,8 @@ class WorkerJobs:
         self._r = client
         self._ttl = ttl
         self._transition = client.register_script(TRANSITION_LUA)
-        self._reserve = client.register_script(RESERVE_LUA)
         self._reap = client.register_script(REAP_LUA)
+        self._resend = client.register_script(RESEND_LUA)
 
     def move(self, job_id: str, status: str, *, notify: tuple[str, str] | None = None, **fields: Any) -> str:
         """Move the job; when it moved and ``notify`` is (channel, message), publish that in the same
@@ -47,10 +48,6 @@ class WorkerJobs:
     def publish(self, channel: str, event_json: str) -> None:
         self._r.publish(channel, event_json)
 
-    def reserve(self, job_id: str, worker: str) -> None:
-        """This worker received the job's message (RESERVE_LUA)."""
-        self._reserve(keys=[job_key(job_id)], args=[worker])
-
     def reap(self, job_id: str, dead_worker: str, max_attempts: int) -> tuple[str, dict[str, Any] | None]:
         """Decide a job of a dead worker (REAP_LUA); with 'requeue', also its record (to resend it)."""
         res = self._reap(keys=[job_key(job_id), HELD_KEY.format(dead_worker)], args=reap_args(dead_worker, max_attempts))
@@ -68,6 +65,38 @@ class WorkerJobs:
                 p.lpush(*message)
             p.zrem(OUTBOX, job_id)
             p.execute()
+
+    def unclaimed(self, before: float, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
+        """Jobs in the unclaimed index (UNCLAIMED) since before ``before`` that look lost: still
+        queued, taken by nobody, their queue empty; with their records. Jobs claimed or ended
+        leave the index; jobs behind others in their queue stay (they are waiting their turn)."""
+        found: list[Any] = self._r.zrangebyscore(UNCLAIMED, 0, before, start=0, num=limit)
+        ids = [j.decode() if isinstance(j, bytes) else str(j) for j in found]
+        if not ids:
+            return []
+        with self._r.pipeline(transaction=False) as p:
+            for job_id in ids:
+                p.hmget(job_key(job_id), "status", "worker", "queue")
+            rows = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in p.execute()]
+        waiting = {job_id: queue for job_id, (status, worker, queue) in zip(ids, rows)
+                   if status == "queued" and not worker and queue}
+        if gone := [job_id for job_id in ids if job_id not in waiting]:
+            self._r.zrem(UNCLAIMED, *gone)
+        queues = sorted(set(waiting.values()))
+        with self._r.pipeline(transaction=False) as p:
+            for q in queues:
+                p.llen(q)
+            empty = {q for q, n in zip(queues, p.execute()) if not n}
+        out = []
+        for job_id, queue in waiting.items():
+            if queue in empty and (raw := self._r.hgetall(job_key(job_id))):
+                out.append((job_id, decode_record(raw)))
+        return out
+
+    def resend(self, job_id: str, message: tuple[str, str], now: float) -> bool:
+        """Push ``message`` (``task_message``) again if the job is still unclaimed and its queue is
+        empty (RESEND_LUA)."""
+        return bool(self._resend(keys=[job_key(job_id), message[0]], args=[message[1], now]))
 
     def unsent(self, before: float, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
         """Outbox jobs older than ``before`` that still wait for their message (queued, taken by

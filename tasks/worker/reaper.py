@@ -22,7 +22,13 @@ import redis
 from celery import Celery
 
 from tasks.contract.celery_app import record_message
-from tasks.contract.records import HELD_KEY, OUTBOX_GRACE_SECONDS, WORKER_KEY, WORKER_NAMES
+from tasks.contract.records import (
+    HELD_KEY,
+    OUTBOX_GRACE_SECONDS,
+    UNCLAIMED_GRACE_SECONDS,
+    WORKER_KEY,
+    WORKER_NAMES,
+)
 from tasks.worker.jobs import WorkerJobs
 
 log = logging.getLogger("llmhost.reaper")
@@ -75,8 +81,9 @@ class Reaper:
         return [n for n, up in zip(names, alive) if not up]
 
     def sweep(self) -> dict[str, int]:
-        """One pass over every dead worker's held jobs, then over the outbox; returns how many
-        ended each way ('resent': an outbox job whose message had not been sent)."""
+        """One pass over every dead worker's held jobs, then over the outbox and the unclaimed
+        index; returns how many ended each way ('resent': an outbox job whose message had not been
+        sent; 'unclaimed': a job whose message was popped and never claimed)."""
         counts: dict[str, int] = {}
         for dead in self.dead_workers():
             for raw in self._r.smembers(HELD_KEY.format(dead)):
@@ -94,6 +101,13 @@ class Reaper:
             self._send(job_id, rec)
             counts["resent"] = counts.get("resent", 0) + 1
             log.warning("job %s was recorded but its message not sent; sent now", job_id, extra={"job_id": job_id})
+        now = time.time()
+        for job_id, rec in self._jobs.unclaimed(now - UNCLAIMED_GRACE_SECONDS):
+            message = record_message(self._celery, job_id, rec)
+            if message is not None and self._jobs.resend(job_id, message, now):
+                counts["unclaimed"] = counts.get("unclaimed", 0) + 1
+                log.warning("job %s: its message was taken and never claimed; sent again", job_id,
+                            extra={"job_id": job_id})
         return counts
 
     def _send(self, job_id: str, rec: dict) -> None:

@@ -38,6 +38,8 @@ from tasks.worker.jobs import WorkerJobs
 
 log = logging.getLogger("llmhost.worker")
 
+CLAIMS_KEPT = 10_000  # arrival claims waiting for their pool thread, at most (a bound, never reached)
+
 
 class WorkerRuntime:
     def __init__(self, settings: Settings, model_id: str, folder: Path, name: str) -> None:
@@ -58,6 +60,7 @@ class WorkerRuntime:
         self.handler: Handler | None = None
         self.loop: EngineLoop | None = None  # chat models: the thread that drives the model
         self._embed_lock = threading.Lock()
+        self._claimed: dict[str, bool] = {}  # jobs claimed on arrival, not yet taken by their pool thread
         self._loaded = threading.Event()  # cleared while a reload or move is under way
         self._moving = threading.Lock()
         chat = self.family.name != "embedding"
@@ -112,11 +115,27 @@ class WorkerRuntime:
 
     # --- job plumbing ------------------------------------------------------------------------
 
+    def claim(self, job_id: str) -> None:
+        """Claim a job as its message arrives (Celery's consumer thread); the pool thread that runs
+        it takes the claim (``_begin``). Only successful claims are kept: a duplicate message's
+        failed claim must not hide the first one's. A Redis error leaves the claim to ``_begin``."""
+        try:
+            moved = self.jobs.move(job_id, "running", worker=self.name, started_at=time.time())
+        except redis.RedisError as e:
+            log.warning("job %s: could not claim it on arrival (%s)", job_id, e)
+            return
+        if moved == "ok":
+            self._claimed[job_id] = True
+            while len(self._claimed) > CLAIMS_KEPT:  # claims no task took (revoked on the way)
+                self._claimed.pop(next(iter(self._claimed)), None)
+
     def _begin(self, job: JobBase) -> bool:
-        """Claim a queued job, then check it is still worth running here. False when it was not
-        ours to run (cancelled, ended, or a copy of a job another worker runs) or when we ended it:
-        only a job this worker claimed is ever failed by it, never a copy running elsewhere."""
-        moved = self.jobs.move(job.job_id, "running", worker=self.name, started_at=time.time())
+        """Take the job's claim, or claim it now, then check it is still worth running here. False
+        when it was not ours to run (cancelled, ended, or a copy of a job another worker runs) or
+        when we ended it: only a job this worker claimed is ever failed by it, never a copy running
+        elsewhere."""
+        moved = "ok" if self._claimed.pop(job.job_id, False) else \
+            self.jobs.move(job.job_id, "running", worker=self.name, started_at=time.time())
         if moved != "ok":
             log.info("job %s skipped: %s", job.job_id, moved or "unknown job")
             return False
@@ -144,6 +163,7 @@ class WorkerRuntime:
     def reject(self, job_id: str, message: str) -> None:
         """Fail a job whose payload could not be read (no reply channel known)."""
         if job_id:
+            self._claimed.pop(job_id, None)
             self.jobs.move(job_id, "failed", error=server_error(message).to_dict(), finished_at=time.time())
 
     def _final(self, job: JobBase, status: str, event: Event, **fields: object) -> None:

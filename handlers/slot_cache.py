@@ -356,7 +356,7 @@ def _finite(bufs: list[torch.Tensor]) -> bool:
     infinity makes its tensor's norm non-finite (so may a norm that overflows: then a finite buffer
     is taken for a bad one, the safe way round)."""
     bufs = [t for t in bufs if t.numel()]
-    return not bufs or bool(torch.stack(torch._foreach_norm(bufs)).isfinite().all())
+    return not bufs or bool(torch.stack(torch._foreach_norm(bufs, dtype=torch.float32)).isfinite().all())
 
 
 def _shape(t: torch.Tensor) -> Shape:

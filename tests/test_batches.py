@@ -258,7 +258,7 @@ def test_batch_outlives_killed_worker_api_and_redis(stack, tmp_path):
 
 
 def test_a_queued_job_whose_message_was_lost_is_sent_again(stack):
-    """Redis restarted after a worker popped a message but before its reservation was written: the
+    """Redis restarted after a worker popped a message but before its claim was written: the
     job is queued, nobody holds it and its queue is empty. Its line's job is sent again (once per
     wait), and a job some worker took is left alone."""
     async def scenario() -> tuple[bool, bool, bool, int]:

@@ -230,7 +230,7 @@ class JobClient:
         """Send a queued job's message again when it is gone: no worker took it (no ``worker``), its
         queue is empty, and it has waited ``after`` seconds since it was (re)queued. That happens when
         Redis restarts and its last second is lost after a worker had popped the message but before
-        its reservation was written. A copy too many is harmless: a job runs only from ``queued``."""
+        its claim was written. A copy too many is harmless: a job runs only from ``queued``."""
         if rec.get("status") != "queued" or rec.get("worker") or not rec.get("payload"):
             return False
         if time.time() - max(float(rec.get("created_at") or 0), float(rec.get("requeued_at") or 0)) < after:

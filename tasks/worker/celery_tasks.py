@@ -83,8 +83,9 @@ def run(task: str, kind: type[JobBase], payload: dict[str, Any], work: Callable[
 @task_received.connect
 def _received(request: Any = None, **_: Any) -> None:
     """On the consumer's thread, as the message arrives: the job is claimed here, one round trip
-    before a pool thread starts it (a free thread always waits: the worker takes one message per
-    thread). From then on, if this worker dies, the reapers deliver the job again."""
+    before a pool thread starts it (a free thread waits for it: the worker takes one message per
+    thread, except for a while after a broker reconnect, when the pool checks a claim that waited;
+    WorkerRuntime._take_claim). From then on, if this worker dies, the reapers deliver the job again."""
     if _runtime is not None and request is not None:
         _runtime.claim(request.id)
 

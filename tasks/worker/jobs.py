@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -41,6 +42,12 @@ class WorkerJobs:
         s = self._r.hget(job_key(job_id), "status")
         return s.decode() if isinstance(s, bytes) else s
 
+    def holder(self, job_id: str) -> tuple[str | None, str | None]:
+        """The job's status and the worker that holds it."""
+        raw = self._r.hmget(job_key(job_id), "status", "worker")
+        status, worker = (v.decode() if isinstance(v, bytes) else v for v in raw)
+        return status, worker
+
     def attempt(self, job_id: str) -> int:
         """How many times the job was claimed, this claim included (TRANSITION_LUA counts them)."""
         return int(self._r.hget(job_key(job_id), "attempts") or 0)
@@ -69,7 +76,8 @@ class WorkerJobs:
     def unclaimed(self, before: float, limit: int = 500) -> list[tuple[str, dict[str, Any]]]:
         """Jobs in the unclaimed index (UNCLAIMED) since before ``before`` that look lost: still
         queued, taken by nobody, their queue empty; with their records. Jobs claimed or ended
-        leave the index; jobs behind others in their queue stay (they are waiting their turn)."""
+        leave the index; jobs behind others in their queue stay (they are waiting their turn), with
+        their time reset, so that a long backlog never hides the jobs after it."""
         found: list[Any] = self._r.zrangebyscore(UNCLAIMED, 0, before, start=0, num=limit)
         ids = [j.decode() if isinstance(j, bytes) else str(j) for j in found]
         if not ids:
@@ -87,10 +95,14 @@ class WorkerJobs:
             for q in queues:
                 p.llen(q)
             empty = {q for q, n in zip(queues, p.execute()) if not n}
-        out = []
+        out, behind = [], []
         for job_id, queue in waiting.items():
-            if queue in empty and (raw := self._r.hgetall(job_key(job_id))):
+            if queue not in empty:
+                behind.append(job_id)
+            elif raw := self._r.hgetall(job_key(job_id)):
                 out.append((job_id, decode_record(raw)))
+        if behind:  # looked at again a grace from now: the window moves on to the jobs after them
+            self._r.zadd(UNCLAIMED, {job_id: time.time() for job_id in behind}, xx=True)
         return out
 
     def resend(self, job_id: str, message: tuple[str, str], now: float) -> bool:

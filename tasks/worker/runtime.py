@@ -39,6 +39,7 @@ from tasks.worker.jobs import WorkerJobs
 log = logging.getLogger("llmhost.worker")
 
 CLAIMS_KEPT = 10_000  # arrival claims waiting for their pool thread, at most (a bound, never reached)
+CLAIM_FRESH_SECONDS = 0.1  # an arrival claim older than this is checked again before the job runs
 
 
 class WorkerRuntime:
@@ -60,7 +61,7 @@ class WorkerRuntime:
         self.handler: Handler | None = None
         self.loop: EngineLoop | None = None  # chat models: the thread that drives the model
         self._embed_lock = threading.Lock()
-        self._claimed: dict[str, bool] = {}  # jobs claimed on arrival, not yet taken by their pool thread
+        self._claimed: dict[str, float] = {}  # jobs claimed on arrival → when, until their pool thread takes them
         self._loaded = threading.Event()  # cleared while a reload or move is under way
         self._moving = threading.Lock()
         chat = self.family.name != "embedding"
@@ -125,17 +126,32 @@ class WorkerRuntime:
             log.warning("job %s: could not claim it on arrival (%s)", job_id, e)
             return
         if moved == "ok":
-            self._claimed[job_id] = True
+            self._claimed[job_id] = time.monotonic()
             while len(self._claimed) > CLAIMS_KEPT:  # claims no task took (revoked on the way)
-                self._claimed.pop(next(iter(self._claimed)), None)
+                try:
+                    self._claimed.pop(next(iter(self._claimed)), None)
+                except (RuntimeError, StopIteration):  # a pool thread took one meanwhile
+                    break
+
+    def _take_claim(self, job_id: str) -> str:
+        """"ok" when this worker holds the job's claim: the one made on arrival, trusted as it is
+        when it is fresh; one that waited (a message received while every thread was busy, as after
+        a broker reconnect) is checked again, as the job may have been cancelled or reaped since.
+        Without one, the job is claimed now."""
+        at = self._claimed.pop(job_id, None)
+        if at is None:
+            return self.jobs.move(job_id, "running", worker=self.name, started_at=time.time())
+        if time.monotonic() - at < CLAIM_FRESH_SECONDS:
+            return "ok"
+        status, worker = self.jobs.holder(job_id)
+        return "ok" if status == "running" and worker == self.name else status or ""
 
     def _begin(self, job: JobBase) -> bool:
         """Take the job's claim, or claim it now, then check it is still worth running here. False
         when it was not ours to run (cancelled, ended, or a copy of a job another worker runs) or
         when we ended it: only a job this worker claimed is ever failed by it, never a copy running
         elsewhere."""
-        moved = "ok" if self._claimed.pop(job.job_id, False) else \
-            self.jobs.move(job.job_id, "running", worker=self.name, started_at=time.time())
+        moved = self._take_claim(job.job_id)
         if moved != "ok":
             log.info("job %s skipped: %s", job.job_id, moved or "unknown job")
             return False

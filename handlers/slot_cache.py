@@ -356,7 +356,10 @@ def _finite(bufs: list[torch.Tensor]) -> bool:
     infinity makes its tensor's norm non-finite (so may a norm that overflows: then a finite buffer
     is taken for a bad one, the safe way round)."""
     bufs = [t for t in bufs if t.numel()]
-    return not bufs or bool(torch.stack(torch._foreach_norm(bufs, dtype=torch.float32)).isfinite().all())
+    # fp16's range is small: its norms in fp32. (On CPU a dtype means a float32 copy of each buffer;
+    # bf16 has float32's range and its CPU norm accumulates in float anyway.)
+    wide = torch.float32 if any(t.dtype == torch.float16 for t in bufs) else None
+    return not bufs or bool(torch.stack(torch._foreach_norm(bufs, dtype=wide)).isfinite().all())
 
 
 def _shape(t: torch.Tensor) -> Shape:

@@ -261,7 +261,9 @@ def test_background_response_outlives_its_api_process(client, stack):
     stack.procs["api-doomed"].send_signal(signal.SIGKILL)
     stack.procs["api-doomed"].wait(10)
     done = poll(client, r.id)
-    assert done.status in ("completed", "incomplete") and done.usage.output_tokens > 0
+    # The worker ran it to the end (its usage counted the prompt). Not `output_tokens > 0`: the random
+    # tiny model samples its end of turn first now and then (a fresh-clone run got 0 tokens once).
+    assert done.status in ("completed", "incomplete") and done.usage.input_tokens > 0
 
 
 @pytest.mark.faults

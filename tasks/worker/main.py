@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if settings.log_format == "json":  # stderr holds JSON lines only: no progress bars, no banner
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # torch comes in here, not at import of the package: libgomp reads its settings as it loads.
-    os.environ.setdefault("GOMP_SPINCOUNT", OMP_SPIN_DEFAULT)
+    if "OMP_WAIT_POLICY" not in os.environ:  # libgomp lets GOMP_SPINCOUNT override a policy set on purpose
+        os.environ.setdefault("GOMP_SPINCOUNT", OMP_SPIN_DEFAULT)
     from tasks.worker import celery_tasks
     from tasks.worker.reaper import Reaper
     from tasks.worker.runtime import WorkerRuntime

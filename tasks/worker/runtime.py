@@ -143,7 +143,11 @@ class WorkerRuntime:
             return self.jobs.move(job_id, "running", worker=self.name, started_at=time.time())
         if time.monotonic() - at < CLAIM_FRESH_SECONDS:
             return "ok"
-        status, worker = self.jobs.holder(job_id)
+        try:
+            status, worker = self.jobs.holder(job_id)
+        except redis.RedisError as e:  # the claim is ours: run it rather than leave it `running` unrun
+            log.warning("job %s: could not check its claim again (%s); running it", job_id, e)
+            return "ok"
         return "ok" if status == "running" and worker == self.name else status or ""
 
     def _begin(self, job: JobBase) -> bool:

@@ -21,14 +21,6 @@ from tasks.contract.settings import get_settings
 
 log = logging.getLogger("llmhost.worker")
 
-# How long libgomp's idle threads spin before they sleep, read once as torch loads it. Its default
-# (300,000 spins, ~10 ms here) keeps a helper thread spinning on a core between engine steps, where
-# the API, Redis and the worker's own threads need it: a max_tokens=1 request spent 0.8-1.0 ms more
-# outside the engine (2 AMX cores, bench.load), and the engine's Python work between forwards was
-# slower (2.5 -> 0.9 ms per step at 16 rows), while decode speed stayed within noise (1/16/32 rows,
-# bench.engine_step). Gaps between the parallel regions of one step are far shorter than this.
-OMP_SPIN_DEFAULT = "10000"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.worker", description=(__doc__ or "").splitlines()[0])
@@ -47,9 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if settings.log_format == "json":  # stderr holds JSON lines only: no progress bars, no banner
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # torch comes in here, not at import of the package: libgomp reads its settings as it loads.
-    if "OMP_WAIT_POLICY" not in os.environ:  # libgomp lets GOMP_SPINCOUNT override a policy set on purpose
-        os.environ.setdefault("GOMP_SPINCOUNT", OMP_SPIN_DEFAULT)
+    # torch comes in here, not at import of the package.
     from tasks.worker import celery_tasks
     from tasks.worker.reaper import Reaper
     from tasks.worker.runtime import WorkerRuntime

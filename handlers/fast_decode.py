@@ -236,7 +236,11 @@ class MatmulAttention(DecodeAttention):
 class FusedAttention(DecodeAttention):
     """``scaled_dot_product_attention`` on the cache's own dtype. With AMX (bf16) 1.2-2× faster than
     :class:`MatmulAttention` at every batch here: no float32 copy of the window (at 32 rows that copy
-    was most of the attention's time)."""
+    was most of the attention's time). The query heads that share a key/value head go in as one
+    query of ``group`` positions (no mask between them: each attends over the whole window), not
+    through ``enable_gqa``: the flash kernel splits its work per (row, head) and a one-token query
+    made each piece mostly overhead; with 3× fewer, larger pieces (SmolLM2: 9 heads over 3) a call
+    at 16-32 rows over ~110 columns took 88 / 175 µs instead of 150 / 300 (AMX, bf16)."""
 
     name = "sdpa"
 
@@ -246,8 +250,9 @@ class FusedAttention(DecodeAttention):
     def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                  scale: float) -> torch.Tensor:
         rows, heads, dim = q.shape
-        out = F.scaled_dot_product_attention(q[:, :, None], keys, values, attn_mask=mask, scale=scale,
-                                             enable_gqa=keys.shape[1] != heads)
+        kv_heads = keys.shape[1]
+        grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)  # head h reads key/value head h // group
+        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
         return out.reshape(rows, heads * dim)
 
 

@@ -225,24 +225,30 @@ def test_a_requeued_job_whose_message_was_never_sent_is_sent_by_a_reaper(stack):
     and died before sending its message. Here the record is left exactly so, with no message: a
     worker's reaper finds it in the outbox and sends it, and the job succeeds once. (A new job
     cannot get there: its record and its message are written in one transaction.)"""
-    from tasks.contract.payloads import TASK_GENERATE, GenerateJob, SamplingParams
-    from tasks.contract.records import OUTBOX, job_key, queue_name
+    from tasks.contract.records import OUTBOX
 
-    job = GenerateJob(job_id="job-orphan-1", model=TINY_CHATML, prompts=["once"], deadline=time.time() + 120,
+    now = time.time()
+    _left_queued_without_message(stack, "job-orphan-1", OUTBOX, now, "the orphaned job to be sent and run",
+                                 requeued_at=now)
+
+
+def _left_queued_without_message(stack, job_id: str, index: str, at: float, what: str, **extra) -> None:
+    """A background job's record, queued since ``at`` and listed in ``index`` at ``at``, with no
+    message anywhere; it must succeed exactly once and leave the index."""
+    from tasks.contract.payloads import GenerateJob, SamplingParams
+    from tasks.contract.records import job_key, queue_name
+
+    job = GenerateJob(job_id=job_id, model=TINY_CHATML, prompts=["once"], deadline=time.time() + 120,
                       klass="background", sampling=SamplingParams(max_tokens=5, temperature=0))
     r = stack.redis
-    now = time.time()
     with r.pipeline(transaction=True) as p:
-        p.hset(job_key(job.job_id), mapping={
-            "status": "queued", "endpoint": "/v1/completions", "model": job.model, "created_at": now, "meta": "{}",
-            "ttl": 600, "task": TASK_GENERATE, "queue": queue_name(job.model, "background"), "class": "background",
-            "payload": json.dumps(job.model_dump(mode="json")), "attempts": 0, "requeued_at": now})
-        p.expire(job_key(job.job_id), 600)
-        p.zadd(OUTBOX, {job.job_id: now})
+        p.hset(job_key(job_id), mapping={**_queued_record(job, queue_name(job.model, "background"), at), **extra})
+        p.expire(job_key(job_id), 600)
+        p.zadd(index, {job_id: at})
         p.execute()
-    rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job.job_id])[0]),
-                     60, "the orphaned job to be sent and run")
-    assert rec["attempts"] == "1" and r.zscore(OUTBOX, job.job_id) is None
+    rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job_id])[0]),
+                     60, what)
+    assert rec["attempts"] == "1" and r.zscore(index, job_id) is None
 
 
 def _queued_record(job, queue: str, at: float) -> dict:
@@ -258,21 +264,10 @@ def test_a_message_popped_and_never_claimed_is_sent_again_by_a_reaper(stack):
     claim: the record is queued and unclaimed, the message gone, and no `unacked` copy exists (ack
     emulation is off). Left exactly so, a reaper finds it in the unclaimed index once the grace has
     passed, sends it again, and the job succeeds once."""
-    from tasks.contract.payloads import GenerateJob, SamplingParams
-    from tasks.contract.records import UNCLAIMED, UNCLAIMED_GRACE_SECONDS, job_key, queue_name
+    from tasks.contract.records import UNCLAIMED, UNCLAIMED_GRACE_SECONDS
 
-    job = GenerateJob(job_id="job-popped-1", model=TINY_CHATML, prompts=["once"], deadline=time.time() + 120,
-                      klass="background", sampling=SamplingParams(max_tokens=5, temperature=0))
-    r = stack.redis
-    then = time.time() - UNCLAIMED_GRACE_SECONDS - 1
-    with r.pipeline(transaction=True) as p:
-        p.hset(job_key(job.job_id), mapping=_queued_record(job, queue_name(job.model, "background"), then))
-        p.expire(job_key(job.job_id), 600)
-        p.zadd(UNCLAIMED, {job.job_id: then})
-        p.execute()
-    rec = wait_until(lambda: (lambda x: x if x.get("status") == "succeeded" else None)(records(r, [job.job_id])[0]),
-                     60, "the lost message to be sent again and run")
-    assert rec["attempts"] == "1" and r.zscore(UNCLAIMED, job.job_id) is None
+    _left_queued_without_message(stack, "job-popped-1", UNCLAIMED, time.time() - UNCLAIMED_GRACE_SECONDS - 1,
+                                 "the lost message to be sent again and run")
 
 
 def test_the_unclaimed_index_leaves_a_job_waiting_its_turn_alone(stack):

@@ -1,7 +1,8 @@
 """The one thread that drives the model: it owns the engine, steps it while there is work,
 publishes each step's text deltas in one Redis round trip (and keeps them in the job's Redis Stream
-when the job asks, in the same round trip), and aborts sequences whose job was
-cancelled or ran past its deadline (checked for the whole batch in one round trip).
+when the job asks, in the same round trip), records the jobs whose last sequence ended in that same
+round trip (:class:`JobEnd`), and aborts sequences whose job was cancelled or ran past its deadline
+(checked for the whole batch in one round trip).
 
 Celery's pool threads hand it sequences through :meth:`EngineLoop.submit` and wait on the
 returned :class:`SeqWaiter`; nothing else touches the model while it runs.
@@ -47,6 +48,25 @@ class SeqWaiter:
     # Jobs that keep their events (JobBase.events_ttl): for how long, and which attempt wrote them.
     keep_ttl: int = 0
     attempt: int = 0
+    end: "JobEnd | None" = None  # the job's final record, written by this thread when its sequences end
+
+
+@dataclass
+class JobEnd:
+    """A job's final record, made on the engine thread in the round trip of the step that ended its
+    last sequence, instead of by its pool thread afterwards (a thread wake-up and a round trip
+    later). ``record`` queues the final move on the step's pipeline and returns True, or returns
+    False when the job did not simply succeed (an error, a cancel): its pool thread then decides,
+    as it does whenever ``recorded`` stays False (the pipeline failed, Redis did not answer ok)."""
+
+    record: Callable[[Any], bool]
+    expected: int  # the job's sequences: it has not ended before every one of them was submitted
+    waiters: list[SeqWaiter] = field(default_factory=list)
+    recorded: bool = False
+
+    def ended(self) -> bool:
+        return len(self.waiters) == self.expected and all(
+            w.error is not None or (w.seq is not None and w.seq.finished) for w in self.waiters)
 
 
 @dataclass
@@ -92,9 +112,12 @@ class EngineLoop(threading.Thread):
     def submit(self, job_id: str, index: int, prompt_ids: list[int], params: SamplingParams, max_tokens: int,
                reply_to: str | None, deadline: float, grammar: Any = None,
                filter: Callable[[str, bool], tuple[str, str]] | None = None, handler: Any = None,
-               priority: int = 0, keep: tuple[int, int] = (0, 0)) -> SeqWaiter:
-        """``keep``: (seconds, attempt) to keep the sequence's events in its job's stream; (0, 0): not kept."""
-        waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter, keep_ttl=keep[0], attempt=keep[1])
+               priority: int = 0, keep: tuple[int, int] = (0, 0), end: JobEnd | None = None) -> SeqWaiter:
+        """``keep``: (seconds, attempt) to keep the sequence's events in its job's stream; (0, 0): not kept.
+        ``end``: the job's final record, made by this thread once its last sequence ends."""
+        waiter = SeqWaiter(job_id, index, reply_to, deadline, filter=filter, keep_ttl=keep[0], attempt=keep[1], end=end)
+        if end is not None:
+            end.waiters.append(waiter)
         self._inbox.put(_Add(waiter, prompt_ids, params, max_tokens, grammar, handler, priority))
         return waiter
 
@@ -185,17 +208,37 @@ class EngineLoop(threading.Thread):
             return
         if not outputs:
             return
+        ends: list[tuple[JobEnd, int]] = []  # jobs ended by this step, each with its move's place in the pipeline
         try:
             # MULTI: a delta and the `streamed` mark reach Redis together or not at all.
             with self.client.pipeline(transaction=True) as pipe:
                 for out in outputs:
                     self._send(pipe, self._waiters[out.seq.id], out)
-                pipe.execute()
+                for out in outputs:
+                    end = self._waiters[out.seq.id].end if out.finished else None
+                    if end is not None and end.ended() and not any(end is e for e, _ in ends):
+                        at = len(pipe)
+                        if self._record(end, pipe):
+                            ends.append((end, at))
+                results = pipe.execute(raise_on_error=False)
+            failed = next((r for r in results if isinstance(r, Exception)), None)
+            if failed is not None:
+                log.warning("a step's write failed in part: %s", failed)
+            for end, at in ends:
+                end.recorded = not isinstance(results[at], Exception)
         except redis.RedisError as e:
             log.warning("could not publish deltas: %s", e)
         for out in outputs:
             if out.finished:
                 self._waiters.pop(out.seq.id).done.set()
+
+    @staticmethod
+    def _record(end: JobEnd, pipe: Any) -> bool:
+        try:
+            return end.record(pipe)
+        except Exception:  # noqa: BLE001 - its pool thread records it (and reports what went wrong)
+            log.exception("could not build a job's final record on the engine thread")
+            return False
 
     def _send(self, pipe: Any, waiter: SeqWaiter, out: Any) -> None:
         """Queue one sequence's step on the pipeline: published to its stream's reader, kept in the

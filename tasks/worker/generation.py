@@ -1,6 +1,6 @@
 """One generation job on the worker, in three steps: prepare (template, tokenize, budgets, the
-grammar of structured output or of a forced tool call), run (every sequence joins the engine's
-batch; wait for them), collect (the result, tool calls parsed by the request's tool plan).
+grammar of structured output or of a forced tool call), start (every sequence joins the engine's
+batch) and wait for them, collect (the result, tool calls parsed by the request's tool plan).
 
 A reasoning model's thought is split off the answer by the request's
 :class:`handlers.reasoning.ReasoningPlan` (streams: its splitter, before the tool-call filter), and
@@ -20,7 +20,7 @@ from handlers.tools import ToolPlan
 from tasks.contract.errors import JobError, server_error
 from tasks.contract.payloads import GenerateJob, GenerateResult, Output, SamplingParams
 from tasks.contract.records import CLASSES
-from tasks.worker.engine_loop import EngineLoop, SeqWaiter
+from tasks.worker.engine_loop import EngineLoop, JobEnd, SeqWaiter
 
 
 @dataclass
@@ -75,9 +75,10 @@ def choice_params(sampling: SamplingParams, choice: int) -> SamplingParams:
     return sampling.model_copy(update={"seed": sampling.seed + choice})
 
 
-def run(loop: EngineLoop, job: GenerateJob, plan: Prepared, attempt: int = 0) -> list[SeqWaiter]:
-    """Every sequence of the job joins the batch at once; waits until all have ended. ``attempt``
-    tags the events a job keeps (``events_ttl``)."""
+def start(loop: EngineLoop, job: GenerateJob, plan: Prepared, attempt: int = 0,
+          end: JobEnd | None = None) -> list[SeqWaiter]:
+    """Every sequence of the job joins the batch at once. ``attempt`` tags the events a job keeps
+    (``events_ttl``); ``end``, when given, is the job's final record, made by the engine thread."""
     reply_to = job.reply_to if job.stream else None
     keep = (job.events_ttl, attempt) if job.events_ttl else (0, 0)
     priority = CLASSES.index(job.klass)
@@ -87,7 +88,17 @@ def run(loop: EngineLoop, job: GenerateJob, plan: Prepared, attempt: int = 0) ->
             waiters.append(loop.submit(job.job_id, p * job.n + choice, ids, choice_params(plan.sampling, choice),
                                        budget, reply_to, job.deadline, plan.grammar, handler=plan.handler,
                                        filter=plan.stream_filter() if reply_to or keep[0] else None,
-                                       priority=priority, keep=keep))
+                                       priority=priority, keep=keep, end=end))
+    return waiters
+
+
+def sequences(plan: Prepared, job: GenerateJob) -> int:
+    """How many sequences ``start`` submits for the job."""
+    return len(plan.prompts) * job.n
+
+
+def wait(loop: EngineLoop, waiters: list[SeqWaiter]) -> list[SeqWaiter]:
+    """Until every sequence has ended (an error raised if the engine thread died meanwhile)."""
     for w in waiters:
         while not w.done.wait(timeout=1.0):
             if not loop.is_alive():

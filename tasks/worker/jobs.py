@@ -38,6 +38,15 @@ class WorkerJobs:
         res = self._transition(keys=keys, args=transition_args(status, self._ttl, fields, notify[1] if notify else ""))
         return res.decode() if isinstance(res, bytes) else res
 
+    def move_on(self, pipe: Any, job_id: str, status: str, *, notify: tuple[str, str] | None = None,
+                **fields: Any) -> None:
+        """``move`` queued on ``pipe`` (the engine's step pipeline). By the script's digest alone:
+        a Redis that lost it since this worker's claim answers NOSCRIPT for this command, and
+        the caller then moves the job with ``move``, which loads it again."""
+        keys = [job_key(job_id)] + ([notify[0]] if notify else [])
+        pipe.evalsha(self._transition.sha, len(keys), *keys,
+                     *transition_args(status, self._ttl, fields, notify[1] if notify else ""))
+
     def status(self, job_id: str) -> str | None:
         s = self._r.hget(job_key(job_id), "status")
         return s.decode() if isinstance(s, bytes) else s

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 
@@ -32,7 +32,7 @@ from tasks.contract.payloads import (
 from tasks.contract.settings import Settings
 from tasks.worker import generation
 from tasks.worker.announcer import Announcer
-from tasks.worker.engine_loop import ENGINE_THREAD, EngineLoop
+from tasks.worker.engine_loop import ENGINE_THREAD, EngineLoop, JobEnd
 from tasks.worker.gate import ClassGate, model_queues
 from tasks.worker.jobs import WorkerJobs
 
@@ -40,6 +40,13 @@ log = logging.getLogger("llmhost.worker")
 
 CLAIMS_KEPT = 10_000  # arrival claims waiting for their pool thread, at most (a bound, never reached)
 CLAIM_FRESH_SECONDS = 0.1  # an arrival claim older than this is checked again before the job runs
+
+
+class _Recorded:
+    """What a job's body returns when its final record was already written (by the engine thread)."""
+
+
+RECORDED = _Recorded()
 
 
 class WorkerRuntime:
@@ -203,7 +210,7 @@ class WorkerRuntime:
     def _fail(self, job: JobBase, error: JobError) -> None:
         self._final(job, "failed", Event(type="error", error=error.to_dict()), error=error.to_dict())
 
-    def _run(self, job: JobBase, body: Callable[[], dict | None]) -> None:
+    def _run(self, job: JobBase, body: Callable[[], dict | _Recorded | None]) -> None:
         job_id = job.job_id
         if not self._begin(job):
             return
@@ -216,6 +223,8 @@ class WorkerRuntime:
             log.exception("job %s crashed", job_id)
             self._fail(job, server_error(f"The worker failed on this request: {type(e).__name__}: {e}"))
         else:
+            if isinstance(result, _Recorded):
+                return
             if result is not None:
                 self._finish(job, result)
             else:
@@ -243,18 +252,39 @@ class WorkerRuntime:
     # --- the three job kinds -----------------------------------------------------------------
 
     def generate(self, job: GenerateJob) -> None:
-        def body() -> dict | None:
+        def body() -> dict | _Recorded | None:
             handler = self._handler(ChatHandler, job)
             assert isinstance(handler, ChatHandler) and self.loop is not None
             plan = generation.prepare(handler, job)
             if job.stream:  # a stream's HTTP status waits for this; a sync answer does not
                 self._publish(job, Event(type="started"))
             attempt = self.jobs.attempt(job.job_id) if job.events_ttl else 0  # tags its kept events
-            result = generation.collect(job, plan, generation.run(self.loop, job, plan, attempt))
+            end = self._job_end(job, plan)
+            waiters = generation.wait(self.loop, generation.start(self.loop, job, plan, attempt, end))
+            if end.recorded:  # by the engine thread, in the round trip of the job's last step
+                return RECORDED
+            result = generation.collect(job, plan, waiters)
             if result is None:
                 log.info("job %s cancelled", job.job_id)
             return result.model_dump() if result is not None else None
         self._run(job, body)
+
+    def _job_end(self, job: GenerateJob, plan: generation.Prepared) -> JobEnd:
+        """The job's final record, for the engine thread to write when its last sequence ends,
+        when the job simply succeeded (:class:`~tasks.worker.engine_loop.JobEnd`): its result,
+        collected there, and the `done` event to its reply channel, in one move."""
+        def record(pipe: Any) -> bool:
+            if any(w.error is not None for w in end.waiters):
+                return False
+            result = generation.collect(job, plan, end.waiters)
+            if result is None:  # cancelled or stopped by its deadline: the pool thread tells which
+                return False
+            payload = result.model_dump()
+            self.jobs.move_on(pipe, job.job_id, "succeeded", notify=self._reply(job, Event(type="done", result=payload)),
+                              finished_at=time.time(), result=payload)
+            return True
+        end = JobEnd(record, generation.sequences(plan, job))
+        return end
 
     def embed(self, job: EmbedJob) -> None:
         def body() -> dict:

@@ -1,0 +1,130 @@
+"""The worker's last hand-off, in process: a generation job's final record (its result, and the
+`done` event to its reply channel) is written by the engine thread in the round trip of the step
+that ended its last sequence; the job's pool thread only returns. Where the engine could not write
+it, or the job did not simply succeed (a cancel, an error), the pool thread writes it, as before.
+
+A real Redis and a tiny model; the worker's runtime without Celery around it (``claim`` is what
+Celery's ``task_received`` calls, ``generate`` what a pool thread runs).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from tasks.contract.payloads import TASK_GENERATE, GenerateJob, Message, SamplingParams
+from tasks.contract.records import job_key
+from tasks.contract.settings import Settings
+from tasks.supervisor.redis_server import RedisServer
+from tests.conftest import TINY_CHATML
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory, tiny_models: Path):
+    from tasks.worker.runtime import WorkerRuntime
+
+    server = RedisServer(tmp_path_factory.mktemp("handoff-redis"), persist=False).start()
+    settings = Settings(redis_url=server.url, models_dir=tiny_models, dtype="float32", torch_threads=1)
+    rt = WorkerRuntime(settings, TINY_CHATML, tiny_models / TINY_CHATML, f"handoff-{uuid.uuid4().hex[:6]}")
+    rt.start()
+    try:
+        yield rt
+    finally:
+        rt.stop()
+        server.stop()
+
+
+@pytest.fixture
+def pool_moves(runtime, monkeypatch) -> list[str]:
+    """The statuses the pool thread's own moves set (the engine thread writes through ``move_on``)."""
+    moves: list[str] = []
+    move = runtime.jobs.move
+
+    def recording(job_id: str, status: str, **kwargs):
+        moves.append(status)
+        return move(job_id, status, **kwargs)
+    monkeypatch.setattr(runtime.jobs, "move", recording)
+    return moves
+
+
+def queued(rt, channel: str, **fields) -> GenerateJob:
+    """A job recorded as the front records it (queued), claimed on arrival as Celery's consumer does."""
+    job = GenerateJob(job_id=f"job-{uuid.uuid4().hex}", model=TINY_CHATML, deadline=time.time() + 60,
+                      reply_to=channel, messages=[Message(role="user", content="Hello there")], **fields)
+    rt.redis.hset(job_key(job.job_id), mapping={"status": "queued", "ttl": 600, "model": TINY_CHATML})
+    rt.claim(job.job_id)
+    return job
+
+
+def record(rt, job: GenerateJob) -> dict:
+    return {k.decode(): v.decode() for k, v in rt.redis.hgetall(job_key(job.job_id)).items()}
+
+
+def events(pubsub: redis.client.PubSub, job: GenerateJob, seconds: float = 0.3) -> list[dict]:
+    out, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+        if msg and (event := json.loads(msg["data"])).get("job") == job.job_id:
+            out.append(event)
+    return out
+
+
+def listening(rt) -> tuple[str, redis.client.PubSub]:
+    channel = f"handoff-{uuid.uuid4().hex}"
+    pubsub = rt.redis.pubsub()
+    pubsub.subscribe(channel)
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    return channel, pubsub
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_engine_thread_writes_a_finished_jobs_record(runtime, pool_moves, stream) -> None:
+    channel, pubsub = listening(runtime)
+    job = queued(runtime, channel, n=3, stream=stream,
+                 sampling=SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+    runtime.generate(job)
+    rec = record(runtime, job)
+    assert rec["status"] == "succeeded" and "succeeded" not in pool_moves
+    result = json.loads(rec["result"])
+    assert [o["index"] for o in result["outputs"]] == [0, 1, 2]  # every choice, not the first to end
+    assert all(o["completion_tokens"] == 5 and o["finish_reason"] == "length" for o in result["outputs"])
+    seen = events(pubsub, job)
+    assert [e["type"] for e in seen if e["type"] == "done"] == ["done"]
+    assert seen[-1]["type"] == "done"  # after every delta of the stream
+    if stream:
+        text = {i: "".join(e.get("text", "") for e in seen if e["type"] == "delta" and e.get("index", 0) == i)
+                for i in range(3)}
+        assert text == {o["index"]: o["text"] for o in result["outputs"]}
+    assert runtime.redis.smembers(f"llmhost:held:{runtime.name}") == set()
+
+
+def test_a_cancelled_job_is_recorded_by_its_pool_thread(runtime, pool_moves) -> None:
+    job = queued(runtime, "nobody", sampling=SamplingParams(temperature=0, ignore_eos=True))  # to the context's end
+    pool = threading.Thread(target=runtime.generate, args=(job,))
+    pool.start()
+    end = time.monotonic() + 10
+    while runtime.loop.stats()["running"] == 0 and time.monotonic() < end:
+        time.sleep(0.005)
+    runtime.jobs.move(job.job_id, "cancelled", error={"message": "cancelled by the client"})
+    pool.join(30)
+    assert not pool.is_alive() and record(runtime, job)["status"] == "cancelled"
+    assert "succeeded" not in pool_moves
+
+
+def test_a_final_record_the_engine_could_not_write_is_written_by_the_pool_thread(runtime, pool_moves,
+                                                                                  monkeypatch) -> None:
+    channel, pubsub = listening(runtime)
+    job = queued(runtime, channel, sampling=SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
+    # As when Redis restarted since the claim and lost its scripts: the step's move answers NOSCRIPT.
+    monkeypatch.setattr(runtime.jobs, "move_on", lambda pipe, *args, **kwargs: pipe.evalsha("0" * 40, 0))
+    runtime.generate(job)
+    rec = record(runtime, job)
+    assert rec["status"] == "succeeded" and pool_moves == ["running", "succeeded"]  # the claim, then its end
+    assert json.loads(rec["result"])["outputs"][0]["completion_tokens"] == 16
+    assert [e["type"] for e in events(pubsub, job)] == ["done"]

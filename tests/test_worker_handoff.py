@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.contract.payloads import TASK_GENERATE, GenerateJob, Message, SamplingParams
+from tasks.contract.payloads import GenerateJob, Message, SamplingParams
 from tasks.contract.records import job_key
 from tasks.contract.settings import Settings
 from tasks.supervisor.redis_server import RedisServer

@@ -9,6 +9,12 @@ first token and inter-token latency (p50/p99), errors. It also measures what the
 ``max_tokens: 1`` request through the API against the same generation called in-process, and the
 per-token streaming cost; and the worker's peak RSS. It writes a PNG plot of throughput and TTFT
 against concurrency. Numbers, not asserts.
+
+The queue overhead takes the requests through the API and those on the in-process engine in turns,
+a short block of each (the first two of a block not counted: the other side's weights were just in
+the caches, and its OpenMP threads still spinning): these machines drift by 10-20 % within minutes,
+more than the overhead itself, and a baseline measured minutes apart from the API's requests
+measured the drift. Taken one by one instead, each request found its weights out of the cache.
 """
 
 from __future__ import annotations
@@ -112,46 +118,67 @@ async def run_level(url: str, concurrency: int, per_client: int, max_tokens: int
     return res
 
 
-async def api_one_token(url: str, samples: int) -> list[float]:
-    out = []
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        for _ in range(samples):
-            start = time.perf_counter()
-            r = await client.post("/v1/chat/completions", json={
-                "model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0})
-            r.raise_for_status()
-            out.append((time.perf_counter() - start) * 1000)
-    return out
+BLOCK = 10  # requests of one side in a row, of which the first WARM are not counted
+WARM = 2
 
 
-def in_process(models_dir: Path, samples: int, dtype: str, threads: int) -> dict[str, float]:
-    """The same generations without HTTP, Redis or Celery: the baseline the queue is charged against."""
-    from handlers.engine import Engine
-    from handlers.registry import detect_family, handler_class
-    from tasks.contract.payloads import LoadOptions, Message, SamplingParams
+class InProcess:
+    """The same generations without HTTP, Redis or Celery: the baseline the queue is charged against.
+    The same engine the worker runs, kept across requests (its prefix cache warm, as the worker's is)."""
 
-    folder = models_dir / MODEL_ID
-    h = handler_class(detect_family(MODEL_ID, folder))(MODEL_ID, folder, LoadOptions(dtype=dtype, torch_threads=threads))
-    h.load()
-    greedy = SamplingParams(temperature=0)
-    # The same engine the worker runs, kept across requests (its prefix cache warm, as the worker's is).
-    engine = Engine(h)
-    one = []
-    for i in range(samples + 2):
+    def __init__(self, models_dir: Path, dtype: str, threads: int) -> None:
+        from handlers.engine import Engine
+        from handlers.registry import detect_family, handler_class
+        from tasks.contract.payloads import LoadOptions, Message, SamplingParams
+
+        folder = models_dir / MODEL_ID
+        self.handler = h = handler_class(detect_family(MODEL_ID, folder))(
+            MODEL_ID, folder, LoadOptions(dtype=dtype, torch_threads=threads))
+        h.load()
+        self.dtype = str(h.dtype)
+        self.greedy = SamplingParams(temperature=0)
+        self.message = Message
+        self.engine = Engine(h)
+        self.count = 0
+
+    def one_token(self) -> float:
+        """One ``max_tokens: 1`` chat request, templating included, in ms."""
+        self.count += 1
         start = time.perf_counter()
-        ids = h.encode_chat([Message(role="user", content="Hi")])
-        engine.add(f"one{i}", ids, greedy, 1)
-        while engine.has_work():
-            engine.step()
-        one.append((time.perf_counter() - start) * 1000)
-    ids = h.encode_chat([Message(role="user", content="Write a long story about a dragon.")])
-    engine.add("long", ids, greedy, 64)
-    stamps = []
-    while engine.has_work():
-        if any(out.delta for out in engine.step()):
-            stamps.append(time.perf_counter())
-    per_token = [(b - a) * 1000 for a, b in zip(stamps, stamps[1:])]
-    return {"one_token_p50": pct(one[2:], 50), "per_token_p50": pct(per_token, 50), "dtype": str(h.dtype)}
+        ids = self.handler.encode_chat([self.message(role="user", content="Hi")])
+        self.engine.add(f"one{self.count}", ids, self.greedy, 1)
+        while self.engine.has_work():
+            self.engine.step()
+        return (time.perf_counter() - start) * 1000
+
+    def per_token_p50(self) -> float:
+        """Decode time per token of one stream, in ms."""
+        ids = self.handler.encode_chat([self.message(role="user", content="Write a long story about a dragon.")])
+        self.engine.add("long", ids, self.greedy, 64)
+        stamps = []
+        while self.engine.has_work():
+            if any(out.delta for out in self.engine.step()):
+                stamps.append(time.perf_counter())
+        return pct([(b - a) * 1000 for a, b in zip(stamps, stamps[1:])], 50)
+
+
+def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[float], list[float]]:
+    """About ``samples`` ``max_tokens: 1`` requests each through the API and in process, in
+    alternating blocks. Returns (API ms, in-process ms)."""
+    api: list[float] = []
+    local: list[float] = []
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
+
+    def through_api() -> float:
+        start = time.perf_counter()
+        client.post("/v1/chat/completions", json=body).raise_for_status()
+        return (time.perf_counter() - start) * 1000
+
+    with httpx.Client(base_url=url, timeout=60) as client:
+        while len(api) < samples:
+            for side, out in ((through_api, api), (base.one_token, local)):
+                out += [side() for _ in range(BLOCK)][WARM:]
+    return api, local
 
 
 def rss_kib(pid: int, field_name: str) -> int:
@@ -214,7 +241,8 @@ def reset_peak_rss(pid: int) -> None:
         pass
 
 
-def measure(url: str, label: str, levels: list[int], rounds: int, max_tokens: int, samples: int) -> dict:
+def measure(url: str, label: str, levels: list[int], rounds: int, max_tokens: int, samples: int,
+            base: InProcess) -> dict:
     pids = worker_pids(url)
     asyncio.run(run_level(url, 2, 1, 8))  # warm-up
     rss_start = {p: rss_kib(p, "VmRSS") for p in pids}
@@ -226,9 +254,10 @@ def measure(url: str, label: str, levels: list[int], rounds: int, max_tokens: in
         results.append(res)
         print(f"  [{label}] concurrency {c:>3}: {res.tok_s:7.1f} tok/s, TTFT p50 {pct(res.ttft, 50):7.0f} ms, "
               f"errors {res.errors}", flush=True)
-    one = asyncio.run(api_one_token(url, samples))
+    one, local = paired_one_token(url, samples, base)
     peak = {p: rss_kib(p, "VmHWM") for p in pids}
-    return {"label": label, "results": results, "api_one": one, "rss_start_mib": sum(rss_start.values()) / 1024,
+    return {"label": label, "results": results, "api_one": one, "local_one": local,
+            "rss_start_mib": sum(rss_start.values()) / 1024,
             "rss_peak_mib": sum(peak.values()) / 1024}
 
 
@@ -300,9 +329,11 @@ def main() -> None:
     from tasks.contract.settings import get_settings
 
     models_dir = get_settings().models_dir
-    base = in_process(models_dir, args.samples, args.dtype, args.threads)
-    print(f"in-process ({base['dtype']}): max_tokens=1 request {base['one_token_p50']:.1f} ms p50, "
-          f"decode {base['per_token_p50']:.1f} ms/token p50", flush=True)
+    base = InProcess(models_dir, args.dtype, args.threads)
+    for _ in range(3):
+        base.one_token()  # warm
+    per_token = base.per_token_p50()
+    print(f"in-process ({base.dtype}): decode {per_token:.1f} ms/token p50", flush=True)
 
     runs = []
     plans = [("batched", args.max_batch, levels)]
@@ -318,20 +349,22 @@ def main() -> None:
             server.wait_ready()
             url = server.url
         try:
-            runs.append(measure(url, f"{label} (max_batch {max_batch})", lv, args.rounds, args.max_tokens, args.samples))
+            runs.append(measure(url, f"{label} (max_batch {max_batch})", lv, args.rounds, args.max_tokens, args.samples,
+                                base))
         finally:
             if server:
                 server.stop()
 
     for run in runs:
         print_table(run)
-    one = runs[0]["api_one"]
-    print(f"\nqueue overhead (max_tokens=1 via API minus in-process {base['one_token_p50']:.1f} ms): "
-          f"p50 {pct(one, 50) - base['one_token_p50']:.1f} ms, p99 {pct(one, 99) - base['one_token_p50']:.1f} ms")
+    one, local = runs[0]["api_one"], runs[0]["local_one"]
+    print(f"\nqueue overhead (max_tokens=1 via API, p50 {pct(one, 50):.1f} ms, minus the same in process, "
+          f"p50 {pct(local, 50):.1f} ms, blocks of each in turns): p50 {pct(one, 50) - pct(local, 50):.1f} ms, "
+          f"p99 {pct(one, 99) - pct(local, 50):.1f} ms")
     c1 = next((r for r in runs[0]["results"] if r.concurrency == 1), None)
     if c1 and c1.itl:
         print(f"streaming cost per token (ITL p50 at 1 stream minus in-process): "
-              f"{statistics.median(c1.itl) - base['per_token_p50']:.2f} ms")
+              f"{statistics.median(c1.itl) - per_token:.2f} ms")
     if len(runs) == 2:
         for c in set(levels) & {r.concurrency for r in runs[1]["results"]}:
             b = next(r for r in runs[0]["results"] if r.concurrency == c)

@@ -9,10 +9,12 @@ Celery's ``task_received`` calls, ``generate`` what a pool thread runs).
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,7 @@ def runtime(tmp_path_factory, tiny_models: Path):
     finally:
         rt.stop()
         server.stop()
+        gc.unfreeze()  # the worker froze this test process's heap
 
 
 @pytest.fixture
@@ -55,8 +58,9 @@ def pool_moves(runtime, monkeypatch) -> list[str]:
 
 def queued(rt, channel: str, **fields) -> GenerateJob:
     """A job recorded as the front records it (queued), claimed on arrival as Celery's consumer does."""
+    fields.setdefault("messages", [Message(role="user", content="Hello there")])
     job = GenerateJob(job_id=f"job-{uuid.uuid4().hex}", model=TINY_CHATML, deadline=time.time() + 60,
-                      reply_to=channel, messages=[Message(role="user", content="Hello there")], **fields)
+                      reply_to=channel, **fields)
     rt.redis.hset(job_key(job.job_id), mapping={"status": "queued", "ttl": 600, "model": TINY_CHATML})
     rt.claim(job.job_id)
     return job
@@ -104,6 +108,25 @@ def test_the_engine_thread_writes_a_finished_jobs_record(runtime, pool_moves, st
     assert runtime.redis.smembers(f"llmhost:held:{runtime.name}") == set()
 
 
+def test_a_job_whose_sequences_end_in_different_steps_is_recorded_once_all_have(runtime, pool_moves) -> None:
+    # Two prompts of different lengths, each to the end of the context: their last steps differ.
+    job = queued(runtime, "nobody", messages=None, prompts=["one", "one two three four five six seven"],
+                 sampling=SamplingParams(temperature=0, ignore_eos=True))
+    runtime.generate(job)
+    rec = record(runtime, job)
+    assert rec["status"] == "succeeded" and "succeeded" not in pool_moves
+    outputs = json.loads(rec["result"])["outputs"]
+    assert [o["index"] for o in outputs] == [0, 1]
+    totals = {o["prompt_tokens"] + o["completion_tokens"] for o in outputs}
+    assert len(totals) == 1 and outputs[0]["completion_tokens"] > outputs[1]["completion_tokens"]
+
+
+def test_a_job_that_asks_for_logprobs_is_recorded_by_its_pool_thread(runtime, pool_moves) -> None:
+    job = queued(runtime, "nobody", sampling=SamplingParams(temperature=0, max_tokens=4, logprobs=2))
+    runtime.generate(job)
+    assert record(runtime, job)["status"] == "succeeded" and pool_moves.count("succeeded") == 1
+
+
 def test_a_cancelled_job_is_recorded_by_its_pool_thread(runtime, pool_moves) -> None:
     job = queued(runtime, "nobody", sampling=SamplingParams(temperature=0, ignore_eos=True))  # to the context's end
     pool = threading.Thread(target=runtime.generate, args=(job,))
@@ -128,3 +151,15 @@ def test_a_final_record_the_engine_could_not_write_is_written_by_the_pool_thread
     assert rec["status"] == "succeeded" and pool_moves == ["running", "succeeded"]  # the claim, then its end
     assert json.loads(rec["result"])["outputs"][0]["completion_tokens"] == 16
     assert [e["type"] for e in events(pubsub, job)] == ["done"]
+
+
+def test_the_loaded_heap_is_frozen_and_a_reload_frees_the_old_model(runtime) -> None:
+    """After a load the process's objects are out of the cyclic collector (no 150 ms full collections
+    while serving); a reload must still free the old model (frozen objects are never collected
+    as cycles: the reload unfreezes them first)."""
+    assert gc.get_freeze_count() > 0
+    old = weakref.ref(runtime.handler.model)
+    runtime._reload(runtime.options)  # the same options: a fresh load of the same model
+    gc.collect()
+    assert old() is None
+    assert gc.get_freeze_count() > 0 and runtime.handler is not None

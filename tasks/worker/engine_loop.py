@@ -55,18 +55,25 @@ class SeqWaiter:
 class JobEnd:
     """A job's final record, made on the engine thread in the round trip of the step that ended its
     last sequence, instead of by its pool thread afterwards (a thread wake-up and a round trip
-    later). ``record`` queues the final move on the step's pipeline and returns True, or returns
-    False when the job did not simply succeed (an error, a cancel): its pool thread then decides,
-    as it does whenever ``recorded`` stays False (the pipeline failed, Redis did not answer ok)."""
+    later). ``record(end, pipe)`` queues the final move on the step's pipeline and returns True, or
+    returns False when the job did not simply succeed (an error, a cancel): its pool thread then
+    decides, as it does whenever ``recorded`` stays False (the pipeline failed, Redis did not
+    answer). Its waiters and it refer to each other: the pool thread ``release``s it at the end."""
 
-    record: Callable[[Any], bool]
+    record: Callable[["JobEnd", Any], bool]
     expected: int  # the job's sequences: it has not ended before every one of them was submitted
     waiters: list[SeqWaiter] = field(default_factory=list)
+    tried: bool = False  # record was called (once per job, whatever it returned)
     recorded: bool = False
 
     def ended(self) -> bool:
         return len(self.waiters) == self.expected and all(
             w.error is not None or (w.seq is not None and w.seq.finished) for w in self.waiters)
+
+    def release(self) -> None:
+        """Drop the waiters (their sequences, tokens, matchers), which refer back to this."""
+        self.expected = -1  # never ends again
+        self.waiters = []
 
 
 @dataclass
@@ -216,7 +223,8 @@ class EngineLoop(threading.Thread):
                     self._send(pipe, self._waiters[out.seq.id], out)
                 for out in outputs:
                     end = self._waiters[out.seq.id].end if out.finished else None
-                    if end is not None and end.ended() and not any(end is e for e, _ in ends):
+                    if end is not None and not end.tried and end.ended():
+                        end.tried = True
                         at = len(pipe)
                         if self._record(end, pipe):
                             ends.append((end, at))
@@ -226,6 +234,8 @@ class EngineLoop(threading.Thread):
                 log.warning("a step's write failed in part: %s", failed)
             for end, at in ends:
                 end.recorded = not isinstance(results[at], Exception)
+                if end.recorded and results[at] not in (b"ok", "ok"):  # it had ended meanwhile (a cancel)
+                    log.debug("job %s was already %s", end.waiters[0].job_id if end.waiters else "?", results[at])
         except redis.RedisError as e:
             log.warning("could not publish deltas: %s", e)
         for out in outputs:
@@ -235,7 +245,7 @@ class EngineLoop(threading.Thread):
     @staticmethod
     def _record(end: JobEnd, pipe: Any) -> bool:
         try:
-            return end.record(pipe)
+            return end.record(end, pipe)
         except Exception:  # noqa: BLE001 - its pool thread records it (and reports what went wrong)
             log.exception("could not build a job's final record on the engine thread")
             return False

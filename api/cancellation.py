@@ -15,6 +15,8 @@ from typing import Awaitable, TypeVar
 from fastapi import Request
 from fastapi.responses import Response
 
+from .json_body import JSONBody
+
 T = TypeVar("T")
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed request"; nobody reads it
@@ -27,7 +29,8 @@ async def _disconnected(request: Request) -> None:
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | Response:
     """Await ``work`` in this task (its context variables, e.g. the bound job id, stay visible to
-    the middleware); a watcher task cancels this task if the client leaves first."""
+    the middleware); a watcher task cancels this task if the client leaves first. A body (a dict or
+    a list) is answered as :class:`JSONBody`."""
     me = asyncio.current_task()
     assert me is not None
     gone = False
@@ -40,7 +43,8 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | Respo
 
     watcher = asyncio.ensure_future(watch())
     try:
-        return await work
+        result = await work
+        return JSONBody(result) if isinstance(result, (dict, list)) else result
     except asyncio.CancelledError:
         if not gone:
             raise

@@ -1,16 +1,17 @@
 """The front's one SSE encoder: translators yield frames as bytes, sse-starlette sends them.
 
 A frame is ``event:`` (optional) and one ``data:`` line. The data is JSON (or ``[DONE]``), which
-never holds a raw CR or LF (``json.dumps`` escapes them), so one line is the whole value and no
+never holds a raw CR or LF (the encoder escapes them), so one line is the whole value and no
 per-frame line splitting is needed.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator, Callable, Optional
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from .json_body import dumps
 
 PING_SECONDS = 15
 
@@ -22,7 +23,7 @@ def frame(data: str, event: str | None = None) -> bytes:
 
 def json_frame(obj: Any) -> bytes:
     """OpenAI's chunks: compact JSON, UTF-8 as is."""
-    return frame(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+    return b"data: " + dumps(obj) + b"\n\n"
 
 
 DONE = frame("[DONE]")

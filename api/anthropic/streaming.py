@@ -13,7 +13,6 @@ an ``error`` event, which ends the stream (the SDK raises it). Leaving early can
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator, assert_never
 
@@ -24,18 +23,19 @@ from tasks.contract.payloads import GenerateResult, Output
 from tasks.queue.events import Failed, Finished, ReasoningDelta, TextDelta
 
 from ..gateway import Submitted
+from ..json_body import dumps
 from ..streaming import Shown
 from .errors import envelope
 from .messages import shell, stop_reason, thinking_block, tool_input, tool_use_block, usage
 
 
 def _json(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return dumps(body).decode()
 
 
 def event(kind: str, **body: Any) -> bytes:
     """One event: its name, and the same name as the data's ``type``."""
-    return f"event: {kind}\ndata: {_json({'type': kind, **body})}\n\n".encode()
+    return b"event: " + kind.encode() + b"\ndata: " + dumps({"type": kind, **body}) + b"\n\n"
 
 
 PING = event("ping")

@@ -16,7 +16,6 @@ stream, from N + 1 (the kept events of tasks/queue/kept_events.py are the same f
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Optional, assert_never
 
@@ -24,6 +23,7 @@ from tasks.contract.errors import JobError
 from tasks.contract.payloads import GenerateResult, TokenLogprob
 from tasks.queue.events import Failed, Finished, JobEvent, ReasoningDelta, TextDelta
 
+from ..json_body import dumps
 from ..sse import frame
 from . import objects
 from .objects import Status, StoredResponse
@@ -153,7 +153,7 @@ async def response_frames(events: AsyncIterable[JobEvent[GenerateResult]], tr: R
     """SSE frames of the events numbered above ``after``; ``on_end`` gets the final object before
     the last event goes out (to store it)."""
     def frames(batch: list[Event]) -> list[bytes]:
-        return [frame(json.dumps(e, separators=(",", ":"), ensure_ascii=False), event=e["type"])
+        return [frame(dumps(e).decode(), event=e["type"])
                 for e in batch if e["sequence_number"] > after]
 
     for chunk in frames(tr.opening()):

@@ -34,8 +34,8 @@ class WorkerJobs:
     def move(self, job_id: str, status: str, *, notify: tuple[str, str] | None = None, **fields: Any) -> str:
         """Move the job; when it moved and ``notify`` is (channel, message), publish that in the same
         atomic step (one round trip, and no event for a move that did not happen)."""
-        keys = [job_key(job_id)] + ([notify[0]] if notify else [])
-        res = self._transition(keys=keys, args=transition_args(status, self._ttl, fields, notify[1] if notify else ""))
+        keys, args = self._transition_call(job_id, status, notify, fields)
+        res = self._transition(keys=keys, args=args)
         return res.decode() if isinstance(res, bytes) else res
 
     def move_on(self, pipe: Any, job_id: str, status: str, *, notify: tuple[str, str] | None = None,
@@ -43,9 +43,14 @@ class WorkerJobs:
         """``move`` queued on ``pipe`` (the engine's step pipeline). By the script's digest alone:
         a Redis that lost it since this worker's claim answers NOSCRIPT for this command, and
         the caller then moves the job with ``move``, which loads it again."""
+        keys, args = self._transition_call(job_id, status, notify, fields)
+        pipe.evalsha(self._transition.sha, len(keys), *keys, *args)
+
+    def _transition_call(self, job_id: str, status: str, notify: tuple[str, str] | None,
+                         fields: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        """TRANSITION_LUA's keys (the job, the channel to notify) and arguments."""
         keys = [job_key(job_id)] + ([notify[0]] if notify else [])
-        pipe.evalsha(self._transition.sha, len(keys), *keys,
-                     *transition_args(status, self._ttl, fields, notify[1] if notify else ""))
+        return keys, transition_args(status, self._ttl, fields, notify[1] if notify else "")
 
     def status(self, job_id: str) -> str | None:
         s = self._r.hget(job_key(job_id), "status")

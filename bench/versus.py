@@ -13,11 +13,12 @@ every request produces exactly --tokens tokens on both servers. Output tokens ar
 final ``usage`` chunk (``stream_options.include_usage``). Per level: output tok/s (all tokens /
 wall time of the level), TTFT p50/p99, ITL p50, errors. Each server gets a warm-up request first.
 
-Both servers serve HuggingFaceTB/SmolLM2-135M-Instruct from ROOT/LLM/<model id> in bfloat16.
-LLM-Host is started as bench/load.py starts it (supervisor + Redis + one worker, LLMHOST_DTYPE
-bfloat16); vLLM with ``HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 <vllm-python> -m
-vllm.entrypoints.openai.api_server --model <folder> --served-model-name <model id> --dtype bfloat16
---max-model-len 4096``. They never run at the same time: LLM-Host's sweep, stop, vLLM's sweep,
+Both servers serve HuggingFaceTB/SmolLM2-135M-Instruct from ROOT/LLM/<model id> in the same dtype
+(--dtype; ``auto``: bfloat16 on a CPU with native bf16, AVX512-BF16 or AMX, else float32, where
+emulated bf16 is slower for both). LLM-Host is started as bench/load.py starts it (supervisor +
+Redis + one worker, LLMHOST_DTYPE <dtype>); vLLM with ``HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2
+<vllm-python> -m vllm.entrypoints.openai.api_server --model <folder> --served-model-name <model id>
+--dtype <dtype> --max-model-len 4096``. They never run at the same time: LLM-Host's sweep, stop, vLLM's sweep,
 stop; --rounds K repeats that pair K times and the table keeps each server's best tok/s per level
 (every round is printed too). Logs go to bench/results/versus-*.log.
 
@@ -85,13 +86,13 @@ def hiding_env(modules: list[str]) -> dict[str, str]:
 class VllmServer:
     """vLLM's OpenAI server on a free port, in its own process group."""
 
-    def __init__(self, python: str, log: Path, hide: list[str]) -> None:
+    def __init__(self, python: str, log: Path, hide: list[str], dtype: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2", **hiding_env(hide))
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(FOLDER),
-               "--served-model-name", MODEL, "--dtype", "bfloat16", "--max-model-len", "4096",
+               "--served-model-name", MODEL, "--dtype", dtype, "--max-model-len", "4096",
                "--port", str(self.port)]
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -139,8 +140,8 @@ def start_server(kind: str, args: argparse.Namespace, rnd: int) -> tuple[str, ob
     log = LOGS / f"versus-{kind}-r{rnd}.log"
     print(f"starting {NAMES[kind]} (log {log}) ...", flush=True)
     t0 = time.monotonic()
-    server = (Server(max_batch=32, threads=args.llmhost_threads, dtype="bfloat16", log=log) if kind == "llmhost"
-              else VllmServer(args.vllm_python, log, args.vllm_hide))
+    server = (Server(max_batch=32, threads=args.llmhost_threads, dtype=args.dtype, log=log) if kind == "llmhost"
+              else VllmServer(args.vllm_python, log, args.vllm_hide, args.dtype))
     try:
         server.wait_ready(600)
     except BaseException:
@@ -261,6 +262,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--llmhost-threads", type=int, default=2, help="LLMHOST_TORCH_THREADS of the LLM-Host worker")
     p.add_argument("--llmhost-url", help="drive this running LLM-Host instead of starting one")
     p.add_argument("--vllm-url", help="drive this running vLLM instead of starting one")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                   help="both servers' dtype; auto: bfloat16 where the CPU has native bf16, else float32")
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--plot", help="also draw the table (tok/s and TTFT p50 against concurrency) as a PNG here")
     p.add_argument("--replot", metavar="JSON", help="only draw --plot from an earlier run's --json, then exit")
@@ -288,6 +291,10 @@ def plan(args: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     args = parse_args()
+    if args.dtype == "auto":
+        from handlers.loading import cpu_has_bf16
+
+        args.dtype = "bfloat16" if cpu_has_bf16() else "float32"
     if args.replot:
         if not args.plot:
             raise SystemExit("--replot needs --plot PATH")
@@ -300,7 +307,7 @@ def main() -> None:
     vers = versions(args, "vllm" in kinds)
     sweeps = [sweep(kind, args, rnd) for rnd in range(1, args.rounds + 1) for kind in kinds]
     print_rounds(sweeps)
-    print(f"\n{MODEL}, bfloat16, {args.tokens} tokens/request (ignore_eos, greedy), "
+    print(f"\n{MODEL}, {args.dtype}, {args.tokens} tokens/request (ignore_eos, greedy), "
           f"{args.requests_per_client} requests per client, best of {args.rounds} round(s)")
     rows = print_table(sweeps, args.concurrency)
     starts = {NAMES[s.server]: round(s.start_s, 1) for s in sweeps if s.start_s is not None}
@@ -308,7 +315,7 @@ def main() -> None:
     print(f"start-up (last round): {', '.join(f'{k} {v} s' for k, v in starts.items()) or 'servers given'}")
     print(f"command: {command}\ndate: {date}")
     if args.json:
-        out = {"date": date, "command": command, "model": MODEL, "dtype": "bfloat16", "versions": vers,
+        out = {"date": date, "command": command, "model": MODEL, "dtype": args.dtype, "versions": vers,
                "args": vars(args), "table": rows,
                "rounds": [{"server": s.server, "round": s.round, "start_s": s.start_s,
                            "levels": [level_json(r) for r in s.levels]} for s in sweeps]}
@@ -316,7 +323,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(out, indent=2, default=str))
         print(f"json: {args.json}")
     if args.plot:
-        plot(rows, args.plot, f"{MODEL} (bfloat16), {date[:10]}")
+        plot(rows, args.plot, f"{MODEL} ({args.dtype}), {date[:10]}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ member's output and keeps the others for their calls with *that same* input (ten
 stash holds the input, so the identity cannot be reused), so a model that calls them in any order,
 or with different inputs, still gets correct results.
 
-bf16 on CPU, and fp32 on CPUs that are not Intel's, where MKL's sgemm is slow (:func:`fp32_wanted`;
-on Intel, fp32 keeps MKL): see :func:`optimize`. A tied LM head (SmolLM2, Llama 3.2, Qwen 2.5 share it with the token embedding)
+bf16 and fp32 on CPU (:func:`fp32_wanted` says why fp32 too): see :func:`optimize`. A tied LM head (SmolLM2, Llama 3.2, Qwen 2.5 share it with the token embedding)
 is packed too, into a copy: the vocabulary matrix is then held twice (SmolLM2-135M: +57 MB, ~21 %
 of its bf16 weights) for an LM head 3.6× faster at batch 1; ``LLMHOST_CPU_KERNELS=false`` keeps
 the plain layers.
@@ -40,23 +39,20 @@ def onednn() -> bool:
 
 
 def fp32_wanted() -> bool:
-    """oneDNN for fp32 too, on CPUs that are not Intel's: there MKL's sgemm (what ``F.linear`` runs
-    in fp32) takes its slow paths. Measured on 2 AMD EPYC (AVX2) cores, SmolLM2 shapes: a packed
-    oneDNN weight runs the 49k-row LM head 2× faster at batch 1 (7 ms instead of 15) and the
-    projections 1.2–1.7× at batch 16–32; its rows come out the same whatever the batch (MKL's do
-    not), so batched greedy stays unbatched greedy."""
-    return onednn() and _cpu_vendor() not in ("GenuineIntel", "")
+    """oneDNN for fp32 too, where MKL's sgemm (what ``F.linear`` runs in fp32) takes slow paths
+    at the batch sizes decoding has. SmolLM2's shapes, 2 threads:
 
+    - 2 AMD EPYC (AVX2) cores: a packed weight runs the 49k-row LM head 2× faster at batch 1 (7 ms
+      instead of 15) and the projections 1.2–1.7× at batch 16–32; in-process decode 11 → 14, 74 →
+      110, 98 → 150 tok/s at 1 / 16 / 32 rows.
+    - 2 Intel Xeon (AVX-512, no bf16) cores: MKL is fast for 1–3 rows (~10 % ahead, a gemv path)
+      and 1.5–2.7× slower from 4 rows on (the LM head at 8 rows 20 ms against 7); in-process
+      decode 24.1 → 21.6, 43.4 → 39.0, 44.6 → 71.7, 85.4 → 123.9, 155.3 → 194.2 tok/s at 1 / 2 / 4
+      / 8 / 16 rows. Keeping both layouts to pick per batch size would hold the weights twice.
 
-def _cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    A packed weight's rows also come out the same whatever the batch (MKL's do not), so batched
+    greedy stays unbatched greedy."""
+    return onednn()
 
 
 def available() -> bool:

@@ -184,18 +184,13 @@ def test_packed_linear_layers_give_the_models_logits(tiny_models):
     torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("vendor", ["AuthenticAMD", "GenuineIntel"])
-def test_fp32_layers_are_packed_on_cpus_that_are_not_intels(tiny_models, monkeypatch, vendor):
-    """fp32 is packed for oneDNN where MKL is slow (not Intel's CPUs) and left to MKL on Intel's;
+def test_fp32_layers_are_packed(tiny_models):
+    """fp32 is packed for oneDNN too (MKL is slow from 4 rows on, on Intel's CPUs and AMD's alike);
     packed, the logits are the model's, alone or in a batch."""
     if not cpu_linear.onednn():
         pytest.skip("this torch has no oneDNN")
-    monkeypatch.setattr(cpu_linear, "_cpu_vendor", lambda: vendor)
     plain = load(tiny_models, TINY_CHATML, dtype="float32", cpu_kernels=False)
     packed = load(tiny_models, TINY_CHATML, dtype="float32")
-    if vendor == "GenuineIntel":
-        assert not any(isinstance(m, (cpu_linear.PackedLinear, cpu_linear.FusedMember)) for m in packed.model.modules())
-        return
     assert not any(type(m) is nn.Linear for m in packed.model.modules())
     rows = [plain.encode_chat([Message(role="user", content=t)]) for t in ("Tell me about the sea.", "Hi there, you!")]
     width = max(map(len, rows))

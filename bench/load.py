@@ -16,8 +16,9 @@ the caches, and its OpenMP threads still spinning): these machines drift by 10-2
 more than the overhead itself, and a baseline measured minutes apart from the API's requests
 measured the drift. Taken one by one instead, each request found its weights out of the cache.
 The API's requests come from a plain HTTP/1.1 client (``http.client``): the overhead is what the
-server adds, not what the client spends; the same requests from httpx are timed in a third block
-and printed beside.
+server adds, not what the client spends; the same requests from httpx are timed in blocks of their
+own and printed beside (each client's block follows an in-process one, their order swapped every
+cycle).
 """
 
 from __future__ import annotations
@@ -182,10 +183,14 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
     raw = json.dumps(body)
     parts = httpx.URL(url)
+    https = parts.scheme == "https"
+    path = parts.raw_path.decode().rstrip("/") + "/v1/chat/completions"
+    plain = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(
+        parts.host, parts.port or (443 if https else 80), timeout=60)
 
     def through_api() -> float:
         start = time.perf_counter()
-        plain.request("POST", "/v1/chat/completions", raw, {"content-type": "application/json"})
+        plain.request("POST", path, raw, {"content-type": "application/json"})
         answer = plain.getresponse()
         answer.read()
         if answer.status != 200:
@@ -197,12 +202,21 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
         client.post("/v1/chat/completions", json=body).raise_for_status()
         return (time.perf_counter() - start) * 1000
 
-    plain = http.client.HTTPConnection(parts.host, parts.port, timeout=60)
+    def block(side: Callable[[], float], out: list[float]) -> None:
+        if side is through_api:
+            plain.close()  # idle past the server's keep-alive meanwhile: a fresh connection, in a request not counted
+        out += [side() for _ in range(BLOCK)][WARM:]
+
+    sides = [(through_api, api), (base.one_token, local), (through_httpx, api_httpx), (base.one_token, local)]
     try:
         with httpx.Client(base_url=url, timeout=60) as client:
+            cycle = 0
             while len(api) < samples:
-                for side, out in ((through_api, api), (base.one_token, local), (through_httpx, api_httpx)):
-                    out += [side() for _ in range(BLOCK)][WARM:]
+                # Each client's block follows the in-process one, its start rotated: neither always
+                # comes after the other's warm server.
+                for side, out in sides[2 * (cycle % 2):] + sides[:2 * (cycle % 2)]:
+                    block(side, out)
+                cycle += 1
     finally:
         plain.close()
     return api, api_httpx, local

@@ -291,16 +291,19 @@ def plan(args: argparse.Namespace) -> list[str]:
 
 def main() -> None:
     args = parse_args()
-    if args.dtype == "auto":
-        from handlers.loading import cpu_has_bf16
-
-        args.dtype = "bfloat16" if cpu_has_bf16() else "float32"
     if args.replot:
         if not args.plot:
             raise SystemExit("--replot needs --plot PATH")
         data = json.loads(Path(args.replot).read_text())
         plot(data["table"], args.plot, f"{data['model']} ({data['dtype']}), {data['date'][:10]}")
         return
+    if args.dtype == "auto":
+        from handlers.loading import cpu_has_bf16
+
+        args.dtype = "bfloat16" if cpu_has_bf16() else "float32"
+        if args.llmhost_url or args.vllm_url:
+            print(f"--dtype auto with a server given: {args.dtype} is this machine's choice; the given server "
+                  "runs what it was started with", flush=True)
     kinds = plan(args)
     command = shlex.join([Path(sys.executable).name, "-m", "bench.versus", *sys.argv[1:]])
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -1,4 +1,4 @@
-"""Faster linear layers for bf16 on CPU: oneDNN-prepacked weights, sibling projections fused.
+"""Faster linear layers for bf16 and fp32 on CPU: oneDNN-prepacked weights, sibling projections fused.
 
 Measured on 2 cores with AMX (``python -m bench.engine_step``, module docstring there): a bf16
 ``F.linear`` reorders its weight for oneDNN on every call, about 40 µs of a SmolLM2 projection that
@@ -14,8 +14,8 @@ stash holds the input, so the identity cannot be reused), so a model that calls 
 or with different inputs, still gets correct results.
 
 bf16 and fp32 on CPU (:func:`fp32_wanted` says why fp32 too): see :func:`optimize`. A tied LM head (SmolLM2, Llama 3.2, Qwen 2.5 share it with the token embedding)
-is packed too, into a copy: the vocabulary matrix is then held twice (SmolLM2-135M: +57 MB, ~21 %
-of its bf16 weights) for an LM head 3.6× faster at batch 1; ``LLMHOST_CPU_KERNELS=false`` keeps
+is packed too, into a copy: the vocabulary matrix is then held twice (SmolLM2-135M: +57 MB in bf16,
+~21 % of its weights; +113 MB in fp32) for an LM head 3.6× faster at batch 1; ``LLMHOST_CPU_KERNELS=false`` keeps
 the plain layers.
 """
 
@@ -124,7 +124,7 @@ class FusedMember(nn.Module):
 
 
 def optimize(model: Any, device: torch.device, dtype: torch.dtype, enabled: bool = True) -> int:
-    """Swap the model's bf16 CPU ``nn.Linear`` layers for packed (and fused) ones, in place;
+    """Swap the model's bf16 or fp32 CPU ``nn.Linear`` layers for packed (and fused) ones, in place;
     returns how many were swapped (0: not applicable here)."""
     if not enabled or device.type != "cpu":
         return 0

@@ -137,7 +137,7 @@ class LoadOptions(BaseModel):
     quantization: Literal["none", "8bit", "4bit"] = "none"
     max_context: Optional[int] = Field(None, ge=16)
     torch_threads: int = Field(0, ge=0)
-    cpu_kernels: bool = True  # bf16 on CPU (fp32 on non-Intel CPUs): prepacked, fused linear layers (handlers/cpu_linear.py)
+    cpu_kernels: bool = True  # bf16 and fp32 on CPU: prepacked, fused linear layers (handlers/cpu_linear.py)
 
 
 class TokenizeJob(JobBase):

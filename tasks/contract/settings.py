@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     quantization: Literal["none", "8bit", "4bit"] = "none"
     torch_threads: int = Field(0, ge=0, description="0 = torch's default (all cores)")
-    cpu_kernels: bool = Field(True, description="bf16 on CPU, and fp32 on non-Intel CPUs: oneDNN-prepacked, fused linear layers")
+    cpu_kernels: bool = Field(True, description="bf16 and fp32 on CPU: oneDNN-prepacked, fused linear layers")
     heartbeat_interval: float = Field(2.0, gt=0)
     heartbeat_ttl: int = Field(10, gt=0)
     max_batch: int = Field(32, ge=1, description="sequences decoded together; 1 = one request at a time")

@@ -31,13 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     setup_logging(settings.log_level, settings.log_format, context={"service": "worker", "model": args.model})
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # Celery's two lines per task ("Task … received", "Task … succeeded in …") say what the one
-        # line per job of celery_tasks.job_logging says. The first was written on the consumer's
-        # thread as each message arrived, before the job's claim: a quarter of that thread's time
-        # per message (py-spy). Celery's warnings and errors (a task that raised) still show.
-        for name in ("celery.worker.strategy", "celery.app.trace"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_celery_task_lines()
     try:
         folder = resolve(settings.models_dir, args.model).path
     except JobError as e:
@@ -83,3 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         reaper.stop()
         runtime.stop()
     return 0
+
+
+def _quiet_celery_task_lines() -> None:
+    """Celery's two INFO lines per task ("Task … received", "Task … succeeded in …") say what the
+    one line per job of celery_tasks.job_logging says. The first was written on the consumer's
+    thread as each message arrived, before the job's claim: a quarter of that thread's samples per
+    message (py-spy). Kept at DEBUG; Celery's warnings and errors (a task that raised) always show."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)

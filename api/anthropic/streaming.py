@@ -47,7 +47,7 @@ def keepalive() -> ServerSentEvent:
 
 
 def error_event(err: JobError) -> bytes:
-    return f"event: error\ndata: {_json(envelope(err))}\n\n".encode()
+    return event("error", error=envelope(err)["error"])
 
 
 @dataclass

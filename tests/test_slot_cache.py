@@ -152,7 +152,7 @@ def test_models_with_sliding_windows_keep_the_dynamic_cache(tiny_models):
 
 def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
     if not cpu_linear.available():
-        pytest.skip("this torch has no oneDNN")
+        pytest.skip("no oneDNN bf16 kernels on this CPU or torch (cpu_linear.available)")
     h = load(tiny_models, TINY_LLAMA3, dtype="bfloat16")
     engine = Engine(h, max_batch=4)
     assert engine.fast is not None and fast_decode._joined(
@@ -172,7 +172,7 @@ def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
 
 def test_packed_linear_layers_give_the_models_logits(tiny_models):
     if not cpu_linear.available():
-        pytest.skip("this torch has no oneDNN")
+        pytest.skip("no oneDNN bf16 kernels on this CPU or torch (cpu_linear.available)")
     plain = load(tiny_models, TINY_CHATML, dtype="bfloat16", cpu_kernels=False)
     packed = load(tiny_models, TINY_CHATML, dtype="bfloat16")
     attn = packed.model.model.layers[0].self_attn
@@ -205,7 +205,7 @@ def test_fp32_layers_are_packed(tiny_models):
 
 def test_fused_siblings_are_right_in_any_order_and_for_any_input():
     if not cpu_linear.available():
-        pytest.skip("this torch has no oneDNN")
+        pytest.skip("no oneDNN bf16 kernels on this CPU or torch (cpu_linear.available)")
     torch.manual_seed(0)
     block = nn.Module()
     for name, out in (("q_proj", 8), ("k_proj", 4), ("v_proj", 4)):

@@ -19,6 +19,13 @@ The API's requests come from a plain HTTP/1.1 client (``http.client``): the over
 server adds, not what the client spends; the same requests from httpx are timed in blocks of their
 own and printed beside (each client's block follows an in-process one, their order swapped every
 cycle).
+
+Where the script started the server, it also prints the time *outside the engine*: each of the
+plain client's requests less its own job's time in the engine, which the worker writes on the job's
+closing log line (``engine_seconds``: from the engine taking the sequence to the end of the step that
+finished it). The engine's step varies by 10-20 ms from one request to the next on these machines
+and the two p50s above inherit that; this difference does not, so it shows what the front, Redis,
+Celery and the worker's threads add even on a busy or drifting machine.
 """
 
 from __future__ import annotations
@@ -167,10 +174,10 @@ class InProcess:
         return pct([(b - a) * 1000 for a, b in zip(stamps, stamps[1:])], 50)
 
 
-def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[float], list[float], list[float]]:
+def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[float], list[float], list[float], list[str]]:
     """About ``samples`` ``max_tokens: 1`` requests each through the API (twice: from a plain
     HTTP/1.1 client, and from httpx) and in process, in alternating blocks. Returns (API ms, API ms
-    from httpx, in-process ms).
+    from httpx, in-process ms, the plain client's response ids, one per API ms).
 
     The queue overhead is taken from the plain client (the standard library's ``http.client``, one
     kept-alive connection): what the server adds, not what the client spends building and parsing
@@ -178,6 +185,7 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
     on a 2-core Xeon, and its Python runs with cold caches after each generation step, like the
     server's; its figure is printed beside."""
     api: list[float] = []
+    ids: list[str] = []  # the job of each of `api`'s requests (a chat completion's id is its job's)
     api_httpx: list[float] = []
     local: list[float] = []
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
@@ -192,10 +200,12 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
         start = time.perf_counter()
         plain.request("POST", path, raw, {"content-type": "application/json"})
         answer = plain.getresponse()
-        answer.read()
+        data = answer.read()
+        took = (time.perf_counter() - start) * 1000
         if answer.status != 200:
             raise SystemExit(f"the API answered {answer.status} to a max_tokens=1 request")
-        return (time.perf_counter() - start) * 1000
+        ids.append(json.loads(data)["id"])
+        return took
 
     def through_httpx() -> float:
         start = time.perf_counter()
@@ -206,6 +216,8 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
         if side is through_api:
             plain.close()  # idle past the server's keep-alive meanwhile: a fresh connection, in a request not counted
         out += [side() for _ in range(BLOCK)][WARM:]
+        if side is through_api:
+            del ids[len(ids) - BLOCK:len(ids) - BLOCK + WARM]
 
     sides = [(through_api, api), (base.one_token, local), (through_httpx, api_httpx), (base.one_token, local)]
     try:
@@ -219,7 +231,25 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
                 cycle += 1
     finally:
         plain.close()
-    return api, api_httpx, local
+    return api, api_httpx, local, ids
+
+
+def outside_engine(log: Path, api: list[float], ids: list[str]) -> list[float]:
+    """Each API request's time less its job's time in the engine (``engine_seconds`` on the worker's
+    "job … ended" line in the server's log): what the front, Redis, Celery and the worker's threads
+    add around the model, free of the step's own noise (a step on these machines varies by 10-20 ms
+    between requests, more than the overhead)."""
+    engine: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"engine_seconds"' not in line:
+            continue
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if rec.get("job_id") and isinstance(rec.get("engine_seconds"), (int, float)):
+            engine[rec["job_id"]] = rec["engine_seconds"] * 1000
+    return [ms - engine[i] for ms, i in zip(api, ids) if i in engine]
 
 
 def rss_kib(pid: int, field_name: str) -> int:
@@ -295,9 +325,10 @@ def measure(url: str, label: str, levels: list[int], rounds: int, max_tokens: in
         results.append(res)
         print(f"  [{label}] concurrency {c:>3}: {res.tok_s:7.1f} tok/s, TTFT p50 {pct(res.ttft, 50):7.0f} ms, "
               f"errors {res.errors}", flush=True)
-    one, one_httpx, local = paired_one_token(url, samples, base)
+    one, one_httpx, local, ids = paired_one_token(url, samples, base)
     peak = {p: rss_kib(p, "VmHWM") for p in pids}
     return {"label": label, "results": results, "api_one": one, "api_one_httpx": one_httpx, "local_one": local,
+            "api_one_ids": ids,
             "rss_start_mib": sum(rss_start.values()) / 1024,
             "rss_peak_mib": sum(peak.values()) / 1024}
 
@@ -395,6 +426,8 @@ def main() -> None:
         finally:
             if server:
                 server.stop()
+        if server:  # its log holds each job's time in the engine
+            runs[-1]["outside"] = outside_engine(log, runs[-1]["api_one"], runs[-1]["api_one_ids"])
 
     for run in runs:
         print_table(run)
@@ -405,6 +438,13 @@ def main() -> None:
           f"in process alone p99 - p50: {pct(local, 99) - pct(local, 50):.1f} ms)")
     print(f"the same from httpx (p50 {pct(one_httpx, 50):.1f} ms): p50 {pct(one_httpx, 50) - pct(local, 50):.1f} ms, "
           f"p99 {pct(one_httpx, 99) - pct(local, 50):.1f} ms")
+    outside = runs[0].get("outside")
+    if outside:
+        print(f"outside the engine (each plain-client request less its job's engine_seconds from the worker's log, "
+              f"{len(outside)} of {len(one)} matched): p50 {pct(outside, 50):.1f} ms, p90 {pct(outside, 90):.1f} ms, "
+              f"p99 {pct(outside, 99):.1f} ms")
+    elif outside is None:
+        print("outside the engine: not measured (a server started elsewhere: its log is not here)")
     c1 = next((r for r in runs[0]["results"] if r.concurrency == 1), None)
     if c1 and c1.itl:
         print(f"streaming cost per token (ITL p50 at 1 stream minus in-process): "

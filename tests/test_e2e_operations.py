@@ -175,6 +175,12 @@ def test_request_id_reaches_api_and_worker_logs(http, stack):
     assert mine, "no worker log line carries the request id"
     assert all(x["job_id"] == job_id for x in mine)
     assert mine[-1]["service"] == "worker" and mine[-1]["model"] == TINY_CHATML
+    # The job's closing line says how long it took, and how much of that the engine had it
+    # (bench/load.py's "outside the engine" figure reads it).
+    ended = _wait_for(lambda: [x for p in worker_logs for x in _log_lines(p)
+                               if x.get("job_id") == job_id and "engine_seconds" in x])
+    assert ended, "the job's closing line carries no engine_seconds"
+    assert 0 < ended[-1]["engine_seconds"] <= ended[-1]["seconds"] + 0.001
 
 
 def test_prompts_and_outputs_are_never_logged(http, stack):

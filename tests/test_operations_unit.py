@@ -13,7 +13,15 @@ from api.metrics import Metrics, outcome_of
 from api.middleware import sane_request_id
 from api.security import KeyChecker, bearer_token
 from tasks.contract.errors import JobError, queue_full, retry_after
-from tasks.contract.logging_setup import ContextFilter, JsonFormatter, TextFormatter, job_logger, log_context
+from tasks.contract.logging_setup import (
+    ContextFilter,
+    JsonFormatter,
+    TextFormatter,
+    job_facts,
+    job_logger,
+    log_context,
+    note_fact,
+)
 from tasks.contract.payloads import GenerateResult, Output
 from tasks.contract.settings import Settings, load_api_keys
 
@@ -92,6 +100,16 @@ def test_json_lines_carry_context_and_scalar_extras_only():
     assert inside["route"] == "/x" and "data" not in inside and "args2" not in inside
     assert failed["level"] == "ERROR" and "ValueError: boom" in failed["exc"]
     assert adapted["job_id"] == "job-2" and adapted["request_id"] == "rid-2"
+
+
+def test_job_facts_collect_only_inside_their_block_and_nest():
+    note_fact(lost=1)  # outside any block: nowhere to go, no error
+    with job_facts() as outer:
+        note_fact(engine_seconds=0.25)
+        with job_facts() as inner:
+            note_fact(inner=True)
+        note_fact(after=2)
+    assert outer == {"engine_seconds": 0.25, "after": 2} and inner == {"inner": True}
 
 
 def test_text_format_appends_ids():

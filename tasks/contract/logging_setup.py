@@ -30,6 +30,9 @@ from typing import Any, Iterator, Mapping, Optional
 request_id_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("llmhost_request_id", default=None)
 job_id_var: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("llmhost_job_id", default=None)
 
+# Scalars noted about the job running in this thread (note_fact), for its one closing line (job_facts).
+_facts_var: contextvars.ContextVar[Optional[dict[str, Any]]] = contextvars.ContextVar("llmhost_job_facts", default=None)
+
 CONTEXT_FIELDS = ("request_id", "job_id")
 _VARS = {"request_id": request_id_var, "job_id": job_id_var}
 
@@ -49,6 +52,25 @@ def log_context(**ids: Optional[str]) -> Iterator[None]:
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+@contextmanager
+def job_facts() -> Iterator[dict[str, Any]]:
+    """Collect what code inside the block notes with :func:`note_fact`, for one line at its end
+    (the worker's "job … ended" line: tasks/worker/celery_tasks.py)."""
+    facts: dict[str, Any] = {}
+    token = _facts_var.set(facts)
+    try:
+        yield facts
+    finally:
+        _facts_var.reset(token)
+
+
+def note_fact(**facts: Any) -> None:
+    """Note scalars for the enclosing :func:`job_facts` block's line; outside one, nothing happens."""
+    collected = _facts_var.get()
+    if collected is not None:
+        collected.update(facts)
 
 
 def bind(**ids: Optional[str]) -> None:

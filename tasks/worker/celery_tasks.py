@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from tasks.contract.catalog import resolve
 from tasks.contract.errors import JobError
-from tasks.contract.logging_setup import log_context
+from tasks.contract.logging_setup import job_facts, log_context
 from tasks.contract.payloads import (
     TASK_EMBED,
     TASK_GENERATE,
@@ -56,14 +56,16 @@ def _bound() -> "WorkerRuntime":
 @contextmanager
 def job_logging(job: JobBase, task: str) -> Iterator[None]:
     """Every line logged by this task's thread while it runs carries the job's and request's ids;
-    one line per job says how long it took (never what it said)."""
+    one line per job says how long it took (never what it said), with what the job noted on the
+    way (``note_fact``: a generation's ``engine_seconds``, its time in the engine)."""
     started = time.perf_counter()
-    with log_context(job_id=job.job_id, request_id=job.request_id):
+    with log_context(job_id=job.job_id, request_id=job.request_id), job_facts() as facts:
         try:
             yield
         finally:
             seconds = time.perf_counter() - started
-            log.info("job %s ended after %.3f s", job.job_id, seconds, extra={"task": task, "seconds": round(seconds, 3)})
+            log.info("job %s ended after %.3f s", job.job_id, seconds,
+                     extra={**facts, "task": task, "seconds": round(seconds, 3)})
 
 
 def run(task: str, kind: type[JobBase], payload: dict[str, Any], work: Callable[[Any], None]) -> None:

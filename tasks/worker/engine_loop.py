@@ -49,6 +49,10 @@ class SeqWaiter:
     keep_ttl: int = 0
     attempt: int = 0
     end: "JobEnd | None" = None  # the job's final record, written by this thread when its sequences end
+    # perf_counter() when the engine took the sequence, and at the end of the step that finished it
+    # (before that step's Redis round trip): the job's time in the engine (generation.engine_seconds).
+    added_at: float = 0.0
+    ended_at: float = 0.0
 
 
 @dataclass
@@ -182,6 +186,7 @@ class EngineLoop(threading.Thread):
             item.waiter.error = server_error(f"Could not start this sequence: {type(e).__name__}: {e}")
             item.waiter.done.set()
             return
+        item.waiter.added_at = time.perf_counter()
         if not self._waiters:
             # Its job's status was read when it was claimed, a moment ago: the first step of an idle
             # engine need not wait for a cancel check (one Redis round trip before its prefill).
@@ -203,6 +208,7 @@ class EngineLoop(threading.Thread):
         self._check_cancelled()
         try:
             outputs = self.engine.step()
+            stepped = time.perf_counter()
             self.peak_batch = max(self.peak_batch, self.engine.last_batch)
         except Exception as e:  # noqa: BLE001 - fail every sequence in the batch, keep serving
             log.exception("engine step failed; failing %d sequences", len(self._waiters))
@@ -240,7 +246,9 @@ class EngineLoop(threading.Thread):
             log.warning("could not publish deltas: %s", e)
         for out in outputs:
             if out.finished:
-                self._waiters.pop(out.seq.id).done.set()
+                waiter = self._waiters.pop(out.seq.id)
+                waiter.ended_at = stepped
+                waiter.done.set()
 
     @staticmethod
     def _record(end: JobEnd, pipe: Any) -> bool:

@@ -106,6 +106,14 @@ def wait(loop: EngineLoop, waiters: list[SeqWaiter]) -> list[SeqWaiter]:
     return waiters
 
 
+def engine_seconds(waiters: list[SeqWaiter]) -> float | None:
+    """From the engine taking the job's first sequence to the end of the step that finished its
+    last one; None when a sequence never ran or did not finish in a step (an error, a reload)."""
+    if not waiters or any(not (w.added_at and w.ended_at) for w in waiters):
+        return None
+    return max(w.ended_at for w in waiters) - min(w.added_at for w in waiters)
+
+
 def collect(job: GenerateJob, plan: Prepared, waiters: list[SeqWaiter]) -> GenerateResult | None:
     """The job's result; None when it was cancelled (or stopped by its deadline)."""
     if (err := next((w.error for w in waiters if w.error), None)) is not None:

@@ -19,6 +19,7 @@ from handlers.base import ChatHandler, Handler
 from handlers.embedding import EmbeddingHandler
 from handlers.registry import detect_family, handler_class
 from tasks.contract.errors import EXIT_LOAD_FAILED, JobError, server_error
+from tasks.contract.logging_setup import note_fact
 from tasks.contract.payloads import (
     EmbedJob,
     EmbedResult,
@@ -266,6 +267,8 @@ class WorkerRuntime:
             finally:
                 if end is not None:
                     end.release()
+            if (engine := generation.engine_seconds(waiters)) is not None:
+                note_fact(engine_seconds=round(engine, 5))
             if end is not None and end.recorded:  # by the engine thread, in the round trip of the job's last step
                 return RECORDED
             result = generation.collect(job, plan, waiters)

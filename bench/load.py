@@ -22,10 +22,11 @@ cycle).
 
 Where the script started the server, it also prints the time *outside the engine*: each of the
 plain client's requests less its own job's time in the engine, which the worker writes on the job's
-closing log line (``engine_seconds``: from the engine taking the sequence to the end of the step that
-finished it). The engine's step varies by 10-20 ms from one request to the next on these machines
-and the two p50s above inherit that; this difference does not, so it shows what the front, Redis,
-Celery and the worker's threads add even on a busy or drifting machine.
+closing log line (``engine_seconds``: from the engine thread taking the sequence to the end of the
+step that finished it). The engine's step varies by 10-20 ms from one request to the next on these
+machines and the two p50s above inherit that; this difference does not, so it shows what the front,
+Redis, Celery and the worker's threads add even on a busy or drifting machine. It includes the
+worker's prompt preparation (template, tokenizing; the in-process request pays that too, ~0.3 ms warm).
 """
 
 from __future__ import annotations
@@ -445,6 +446,9 @@ def main() -> None:
               f"p99 {pct(outside, 99):.1f} ms")
     elif outside is None:
         print("outside the engine: not measured (a server started elsewhere: its log is not here)")
+    else:
+        print("outside the engine: no job's engine_seconds in the server's log (LLMHOST_LOG_FORMAT=json and "
+              "LLMHOST_LOG_LEVEL=INFO or finer are needed)")
     c1 = next((r for r in runs[0]["results"] if r.concurrency == 1), None)
     if c1 and c1.itl:
         print(f"streaming cost per token (ITL p50 at 1 stream minus in-process): "

@@ -108,8 +108,22 @@ def test_job_facts_collect_only_inside_their_block_and_nest():
         note_fact(engine_seconds=0.25)
         with job_facts() as inner:
             note_fact(inner=True)
-        note_fact(after=2)
+        note_fact(after=2, msg="would clash with the record's own")
     assert outer == {"engine_seconds": 0.25, "after": 2} and inner == {"inner": True}
+
+
+def test_engine_seconds_spans_the_jobs_sequences_or_is_unknown():
+    from tasks.worker.engine_loop import SeqWaiter
+    from tasks.worker.generation import engine_seconds
+
+    def waiter(added: float, ended: float) -> SeqWaiter:
+        w = SeqWaiter("job-1", 0, None, 0.0)
+        w.added_at, w.ended_at = added, ended
+        return w
+
+    assert engine_seconds([waiter(10.0, 10.5), waiter(10.1, 10.75)]) == 0.75  # first taken to last ended
+    assert engine_seconds([waiter(10.0, 10.5), waiter(10.1, 0.0)]) is None  # one never ended in a step
+    assert engine_seconds([waiter(0.0, 0.0)]) is None and engine_seconds([]) is None
 
 
 def test_text_format_appends_ids():

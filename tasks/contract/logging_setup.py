@@ -67,10 +67,12 @@ def job_facts() -> Iterator[dict[str, Any]]:
 
 
 def note_fact(**facts: Any) -> None:
-    """Note scalars for the enclosing :func:`job_facts` block's line; outside one, nothing happens."""
+    """Note scalars for the enclosing :func:`job_facts` block's line; outside one, nothing happens.
+    A name a log record already has (``msg``, ``name``, …) is dropped: as an ``extra`` it would
+    make logging raise."""
     collected = _facts_var.get()
     if collected is not None:
-        collected.update(facts)
+        collected.update({k: v for k, v in facts.items() if k not in _STANDARD})
 
 
 def bind(**ids: Optional[str]) -> None:

@@ -179,6 +179,7 @@ class EngineLoop(threading.Thread):
             return
         self._seq_counter += 1
         seq_id = f"{item.waiter.job_id}#{item.waiter.index}#{self._seq_counter}"
+        added_at = time.perf_counter()
         try:
             item.waiter.seq = self.engine.add(seq_id, item.prompt_ids, item.params, item.max_tokens, item.grammar,
                                               priority=item.priority)
@@ -186,7 +187,7 @@ class EngineLoop(threading.Thread):
             item.waiter.error = server_error(f"Could not start this sequence: {type(e).__name__}: {e}")
             item.waiter.done.set()
             return
-        item.waiter.added_at = time.perf_counter()
+        item.waiter.added_at = added_at
         if not self._waiters:
             # Its job's status was read when it was claimed, a moment ago: the first step of an idle
             # engine need not wait for a cancel check (one Redis round trip before its prefill).

@@ -216,9 +216,9 @@ def paired_one_token(url: str, samples: int, base: InProcess) -> tuple[list[floa
     def block(side: Callable[[], float], out: list[float]) -> None:
         if side is through_api:
             plain.close()  # idle past the server's keep-alive meanwhile: a fresh connection, in a request not counted
+        first = len(ids)
         out += [side() for _ in range(BLOCK)][WARM:]
-        if side is through_api:
-            del ids[len(ids) - BLOCK:len(ids) - BLOCK + WARM]
+        del ids[first:first + WARM]  # the uncounted requests' ids (none from the other sides)
 
     sides = [(through_api, api), (base.one_token, local), (through_httpx, api_httpx), (base.one_token, local)]
     try:

@@ -13,7 +13,7 @@ from api.gateway import Submitted
 from api.metrics import Metrics
 from api.streaming import StreamShape, stream_events
 from tasks.contract.errors import JobError
-from tasks.contract.payloads import TASK_GENERATE, Event, GenerateResult, Output
+from tasks.contract.payloads import TASK_GENERATE, Event, GenerateResult, Output, read_reply, reply_message
 from tasks.queue.client import JobClient, JobWatch
 from tasks.queue.events import Failed, Finished, TextDelta
 
@@ -170,3 +170,18 @@ def test_a_redis_blip_while_the_channel_is_quiet_keeps_the_stream_alive(monkeypa
     assert len(looked) >= 2 and frames[-1] == "[DONE]"
     finishes = [c["choices"][0]["finish_reason"] for c in map(json.loads, frames[:-1]) if c["choices"]]
     assert finishes.count("length") == 1
+
+
+def test_a_reply_message_carries_one_event_or_a_steps_events_in_order():
+    """The worker sends one event as a JSON object and a step's events for one front as an array;
+    the hub reads both, in order, and refuses anything else with ValueError (it logs and goes on)."""
+    one = Event(type="started", job="a").model_dump_json(exclude_defaults=True)
+    many = [Event(type="delta", job=j, index=i, text=t).model_dump_json(exclude_defaults=True)
+            for j, i, t in [("a", 0, "x"), ("b", 1, "y"), ("a", 0, "z")]]
+    assert reply_message([one]) == one
+    assert read_reply(one.encode()) == [Event(type="started", job="a")]
+    assert [(e.job, e.index, e.text) for e in read_reply(reply_message(many).encode())] == [
+        ("a", 0, "x"), ("b", 1, "y"), ("a", 0, "z")]
+    for bad in (b"not json", b"[1, 2]", b'{"type": "nope"}', b"[{}]"):
+        with pytest.raises(ValueError):
+            read_reply(bad)

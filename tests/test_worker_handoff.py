@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tasks.contract.payloads import GenerateJob, Message, SamplingParams
+from tasks.contract.payloads import GenerateJob, Message, SamplingParams, read_reply
 from tasks.contract.records import job_key
 from tasks.contract.settings import Settings
 from tasks.supervisor.redis_server import RedisServer
@@ -70,13 +70,18 @@ def record(rt, job: GenerateJob) -> dict:
     return {k.decode(): v.decode() for k, v in rt.redis.hgetall(job_key(job.job_id)).items()}
 
 
-def events(pubsub: redis.client.PubSub, job: GenerateJob, seconds: float = 0.3) -> list[dict]:
+def messages(pubsub: redis.client.PubSub, seconds: float = 0.3) -> list[list[dict]]:
+    """The events of each message on the channel, as the front's hub reads them."""
     out, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
         msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
-        if msg and (event := json.loads(msg["data"])).get("job") == job.job_id:
-            out.append(event)
+        if msg:
+            out.append([e.model_dump(exclude_defaults=True) for e in read_reply(msg["data"])])
     return out
+
+
+def events(pubsub: redis.client.PubSub, job: GenerateJob, seconds: float = 0.3) -> list[dict]:
+    return [e for events in messages(pubsub, seconds) for e in events if e.get("job") == job.job_id]
 
 
 def listening(rt) -> tuple[str, redis.client.PubSub]:
@@ -106,6 +111,31 @@ def test_the_engine_thread_writes_a_finished_jobs_record(runtime, pool_moves, st
                 for i in range(3)}
         assert text == {o["index"]: o["text"] for o in result["outputs"]}
     assert runtime.redis.smembers(f"llmhost:held:{runtime.name}") == set()
+
+
+def test_a_steps_deltas_for_one_front_go_out_as_one_message(runtime) -> None:
+    """Two streamed jobs of one front (one reply channel), three choices each: a step publishes
+    one message for all of their new text, not one per sequence, and nothing is lost or reordered."""
+    channel, pubsub = listening(runtime)
+    jobs = [queued(runtime, channel, n=3, stream=True, sampling=SamplingParams(temperature=0, max_tokens=6,
+                                                                            ignore_eos=True)) for _ in range(2)]
+    pools = [threading.Thread(target=runtime.generate, args=(job,)) for job in jobs]
+    for pool in pools:
+        pool.start()
+    for pool in pools:
+        pool.join(60)
+    seen = messages(pubsub)
+    deltas = [m for m in seen if any(e["type"] == "delta" for e in m)]
+    # At most a message per step (6 tokens each; the two jobs may start a step or two apart), each
+    # with the text of every sequence that had some (a token's text may wait for the next one's).
+    assert len(deltas) <= 2 * 6 + 2 and max(len(m) for m in deltas) >= 3
+    for job in jobs:
+        result = json.loads(record(runtime, job)["result"])
+        mine = [e for m in seen for e in m if e["job"] == job.job_id]
+        assert [e["type"] for e in mine if e["type"] != "delta"] == ["started", "done"] and mine[-1]["type"] == "done"
+        text = {i: "".join(e.get("text", "") for e in mine if e["type"] == "delta" and e.get("index", 0) == i)
+                for i in range(3)}
+        assert text == {o["index"]: o["text"] for o in result["outputs"]}
 
 
 def test_a_job_whose_sequences_end_in_different_steps_is_recorded_once_all_have(runtime, pool_moves) -> None:

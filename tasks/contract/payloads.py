@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple, Optional, Self, Union
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from tasks.contract.records import JobClass
 
@@ -207,7 +207,7 @@ class EmbedResult(BaseModel):
 
 
 class Event(BaseModel):
-    """One message on a job's pub/sub channel.
+    """One event of a job, on its reply channel (:func:`reply_message`, :func:`read_reply`).
 
     ``started``: the worker accepted the job (prompt validated); ``delta``: text for choice
     ``index`` (answer ``text``, or ``reasoning`` of a thought: one of the two per event); ``done``:
@@ -222,3 +222,21 @@ class Event(BaseModel):
     logprobs: Optional[list[TokenLogprob]] = None
     result: Optional[dict[str, Any]] = None
     error: Optional[dict[str, Any]] = None
+
+
+_EVENT_LIST: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
+
+def reply_message(events_json: list[str]) -> str:
+    """One pub/sub message for events (each ``Event.model_dump_json``) bound for one reply channel:
+    the engine thread sends a step's deltas for every job of one front as one message (a JSON array,
+    in order), so that the front reads one message per step instead of one per stream."""
+    return events_json[0] if len(events_json) == 1 else "[" + ",".join(events_json) + "]"
+
+
+def read_reply(data: bytes | str) -> list[Event]:
+    """The events of one reply-channel message: an event (a JSON object) or several (an array).
+    ValueError (pydantic's ValidationError) when it is neither."""
+    if data[:1] in (b"[", "["):
+        return _EVENT_LIST.validate_json(data)
+    return [Event.model_validate_json(data)]

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from tasks.contract.celery_app import record_message, task_message
 from tasks.contract.errors import JobError, queue_full, server_error
-from tasks.contract.payloads import FINAL_STATUSES, TASK_GENERATE, Event, JobBase
+from tasks.contract.payloads import FINAL_STATUSES, TASK_GENERATE, Event, JobBase, read_reply
 from tasks.contract.records import WORKER_KEY, WorkerInfo, queue_name, reply_channel
 from tasks.queue.events import (
     Failed,
@@ -123,13 +123,14 @@ class EventHub:
                     msg = await pubsub.get_message(timeout=1.0)  # below the socket timeout
                     if msg and msg["type"] == "message":
                         try:
-                            event = Event.model_validate_json(msg["data"])
+                            events = read_reply(msg["data"])  # one event, or a step's for this front
                         except ValueError:
                             log.warning("ignoring an unreadable message on the reply channel")
                             continue  # one bad message must not cost the subscription
-                        queue = self._queues.get(event.job)
-                        if queue is not None:
-                            queue.put_nowait(event)
+                        for event in events:
+                            queue = self._queues.get(event.job)
+                            if queue is not None:
+                                queue.put_nowait(event)
             except asyncio.CancelledError:
                 await pubsub.aclose()
                 raise

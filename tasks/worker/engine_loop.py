@@ -1,8 +1,9 @@
 """The one thread that drives the model: it owns the engine, steps it while there is work,
-publishes each step's text deltas in one Redis round trip (and keeps them in the job's Redis Stream
-when the job asks, in the same round trip), records the jobs whose last sequence ended in that same
-round trip (:class:`JobEnd`), and aborts sequences whose job was cancelled or ran past its deadline
-(checked for the whole batch in one round trip).
+publishes each step's text deltas in one Redis round trip (one message per reply channel, that is
+per API process, for all of its streams; kept in the job's Redis Stream when the job asks, in the
+same round trip), records the jobs whose last sequence ended in that same round trip
+(:class:`JobEnd`), and aborts sequences whose job was cancelled or ran past its deadline (checked
+for the whole batch every CANCEL_CHECK_SECONDS, in that same round trip when a step has one).
 
 Celery's pool threads hand it sequences through :meth:`EngineLoop.submit` and wait on the
 returned :class:`SeqWaiter`; nothing else touches the model while it runs.
@@ -23,7 +24,7 @@ import torch
 from handlers.base import ChatHandler
 from handlers.engine import Engine, Sequence
 from tasks.contract.errors import JobError, server_error
-from tasks.contract.payloads import Event, SamplingParams
+from tasks.contract.payloads import Event, SamplingParams, reply_message
 from tasks.contract.records import EVENTS_MAXLEN, events_key, job_key
 
 log = logging.getLogger("llmhost.engine")
@@ -223,11 +224,15 @@ class EngineLoop(threading.Thread):
         if not outputs:
             return
         ends: list[tuple[JobEnd, int]] = []  # jobs ended by this step, each with its move's place in the pipeline
+        checked: list[tuple[str, SeqWaiter]] = []  # sequences whose job's status this round trip reads
         try:
             # MULTI: a delta and the `streamed` mark reach Redis together or not at all.
             with self.client.pipeline(transaction=True) as pipe:
+                replies: dict[str, list[str]] = {}  # reply channel -> this step's events for it, in order
                 for out in outputs:
-                    self._send(pipe, self._waiters[out.seq.id], out)
+                    self._send(pipe, self._waiters[out.seq.id], out, replies)
+                for channel, events in replies.items():  # one message per front, not one per stream
+                    pipe.publish(channel, reply_message(events))
                 for out in outputs:
                     end = self._waiters[out.seq.id].end if out.finished else None
                     if end is not None and not end.tried and end.ended():
@@ -235,6 +240,8 @@ class EngineLoop(threading.Thread):
                         at = len(pipe)
                         if self._record(end, pipe):
                             ends.append((end, at))
+                checked_at = len(pipe)
+                checked = self._cancel_check_on(pipe, {out.seq.id for out in outputs if out.finished})
                 results = pipe.execute(raise_on_error=False)
             failed = next((r for r in results if isinstance(r, Exception)), None)
             if failed is not None:
@@ -243,8 +250,10 @@ class EngineLoop(threading.Thread):
                 end.recorded = not isinstance(results[at], Exception)
                 if end.recorded and results[at] not in (b"ok", "ok"):  # it had ended meanwhile (a cancel)
                     log.debug("job %s was already %s", end.waiters[0].job_id if end.waiters else "?", results[at])
+            self._abort_ended(checked, results[checked_at:checked_at + len(checked)])
         except redis.RedisError as e:
             log.warning("could not publish deltas: %s", e)
+            self._abort_ended(checked, [])
         for out in outputs:
             if out.finished:
                 waiter = self._waiters.pop(out.seq.id)
@@ -259,15 +268,16 @@ class EngineLoop(threading.Thread):
             log.exception("could not build a job's final record on the engine thread")
             return False
 
-    def _send(self, pipe: Any, waiter: SeqWaiter, out: Any) -> None:
-        """Queue one sequence's step on the pipeline: published to its stream's reader, kept in the
-        job's stream when it asks; a thought's text and the answer's text are events of their own."""
+    def _send(self, pipe: Any, waiter: SeqWaiter, out: Any, replies: dict[str, list[str]]) -> None:
+        """One sequence's step: its events added to its reply channel's list in ``replies`` (which
+        the step publishes), the `streamed` mark and the kept events queued on the pipeline; a
+        thought's text and the answer's text are events of their own."""
         if not (waiter.reply_to or waiter.keep_ttl):
             return
         thought, delta = waiter.filter(out.delta, out.finished) if waiter.filter else ("", out.delta)
         events = _delta_events(waiter, thought, delta, out.logprobs) if delta or thought or out.logprobs else []
-        for event in events if waiter.reply_to else ():
-            pipe.publish(waiter.reply_to, event.model_dump_json(exclude_defaults=True))
+        if waiter.reply_to and events:
+            replies.setdefault(waiter.reply_to, []).extend(e.model_dump_json(exclude_defaults=True) for e in events)
         if waiter.reply_to and events and not waiter.streamed:
             waiter.streamed = True  # from now on a dead worker fails it (tasks/worker/reaper.py)
             pipe.hset(job_key(waiter.job_id), "streamed", 1)
@@ -290,20 +300,41 @@ class EngineLoop(threading.Thread):
         pipe.expire(key, waiter.keep_ttl)  # every time: a stream deleted meanwhile must not come back forever
 
     def _check_cancelled(self) -> None:
+        """Before a step, when a check is due and the last step's round trip did not make it: read
+        the status of every running sequence's job in a round trip of its own."""
+        with self.client.pipeline(transaction=False) as pipe:
+            checked = self._cancel_check_on(pipe)
+            if not checked:
+                return
+            try:
+                statuses = pipe.execute()
+            except redis.RedisError:
+                statuses = []  # cannot tell now; the deadlines still bound the work
+        self._abort_ended(checked, statuses)
+
+    def _cancel_check_on(self, pipe: Any, ending: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, SeqWaiter]]:
+        """When a check is due (every CANCEL_CHECK_SECONDS), queue on ``pipe`` a read of the status
+        of each running sequence's job (those in ``ending`` left out): a step's own round trip
+        carries it, so that a busy engine pays no round trip of its own for it. The sequences
+        read, in order, for :meth:`_abort_ended`; none when no check is due."""
         now = time.monotonic()
         if now - self._last_cancel_check < CANCEL_CHECK_SECONDS or not self._waiters:
-            return
+            return []
         self._last_cancel_check = now
-        items = list(self._waiters.items())
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for _, waiter in items:
-                    pipe.hget(job_key(waiter.job_id), "status")
-                statuses = pipe.execute()
-        except redis.RedisError:
-            statuses = [b"running"] * len(items)  # cannot tell now; the deadlines still bound the work
+        items = [(seq_id, waiter) for seq_id, waiter in self._waiters.items() if seq_id not in ending]
+        for _, waiter in items:
+            pipe.hget(job_key(waiter.job_id), "status")
+        return items
+
+    def _abort_ended(self, checked: list[tuple[str, SeqWaiter]], statuses: list[Any]) -> None:
+        """Abort the sequences whose job is no longer running (cancelled, ended) or whose deadline
+        passed. A status that could not be read (missing: Redis failed; an error in its place)
+        counts as running: the deadline still bounds the work."""
         wall = time.time()
-        for (seq_id, waiter), status in zip(items, statuses):
+        for i, (seq_id, waiter) in enumerate(checked):
+            status = statuses[i] if i < len(statuses) else b"running"
+            if isinstance(status, Exception):
+                status = b"running"
             if status != b"running" or wall > waiter.deadline:
                 self.engine.abort(seq_id)
 

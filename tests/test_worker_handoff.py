@@ -76,7 +76,9 @@ def messages(pubsub: redis.client.PubSub, seconds: float = 0.3) -> list[list[dic
     while time.monotonic() < end:
         msg = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
         if msg:
-            out.append([e.model_dump(exclude_defaults=True) for e in read_reply(msg["data"])])
+            events, unreadable = read_reply(msg["data"])
+            assert not unreadable
+            out.append([e.model_dump(exclude_defaults=True) for e in events])
     return out
 
 
@@ -124,7 +126,8 @@ def test_a_steps_deltas_for_one_front_go_out_as_one_message(runtime) -> None:
         pool.start()
     for pool in pools:
         pool.join(60)
-    seen = messages(pubsub)
+        assert not pool.is_alive()
+    seen = messages(pubsub)  # both jobs ended: every message is on the channel already
     deltas = [m for m in seen if any(e["type"] == "delta" for e in m)]
     # At most a message per step (6 tokens each; the two jobs may start a step or two apart), each
     # with the text of every sequence that had some (a token's text may wait for the next one's).
@@ -136,6 +139,23 @@ def test_a_steps_deltas_for_one_front_go_out_as_one_message(runtime) -> None:
         text = {i: "".join(e.get("text", "") for e in mine if e["type"] == "delta" and e.get("index", 0) == i)
                 for i in range(3)}
         assert text == {o["index"]: o["text"] for o in result["outputs"]}
+
+
+def test_the_cancel_check_aborts_ended_jobs_and_past_deadlines_and_trusts_unread_statuses(runtime,
+                                                                                          monkeypatch) -> None:
+    """The statuses a step's round trip read (or failed to): a job no longer running or gone is
+    aborted, one whose status could not be read counts as running (an error in its place, or none
+    at all when the round trip failed), unless its deadline passed."""
+    from tasks.worker.engine_loop import SeqWaiter
+
+    aborted: list[str] = []
+    monkeypatch.setattr(runtime.loop.engine, "abort", aborted.append)  # the engine thread is idle here
+    later, past = time.time() + 60, time.time() - 1
+    checked = [(name, SeqWaiter(f"job-{name}", 0, None, deadline)) for name, deadline in
+               [("running", later), ("cancelled", later), ("gone", later), ("unread", later), ("late", past),
+                ("missing", later), ("missing-late", past)]]
+    runtime.loop._abort_ended(checked, [b"running", b"cancelled", None, redis.ResponseError("x"), b"running"])
+    assert aborted == ["cancelled", "gone", "late", "missing-late"]
 
 
 def test_a_job_whose_sequences_end_in_different_steps_is_recorded_once_all_have(runtime, pool_moves) -> None:

@@ -6,6 +6,7 @@ HTTP or OpenAI wire shapes: the front translates requests into them and results 
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, NamedTuple, Optional, Self, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, model_validator
@@ -234,9 +235,28 @@ def reply_message(events_json: list[str]) -> str:
     return events_json[0] if len(events_json) == 1 else "[" + ",".join(events_json) + "]"
 
 
-def read_reply(data: bytes | str) -> list[Event]:
-    """The events of one reply-channel message: an event (a JSON object) or several (an array).
-    ValueError (pydantic's ValidationError) when it is neither."""
-    if data[:1] in (b"[", "["):
-        return _EVENT_LIST.validate_json(data)
-    return [Event.model_validate_json(data)]
+def read_reply(data: bytes | str) -> tuple[list[Event], int]:
+    """The events of one reply-channel message, an event (a JSON object) or several (an array), and
+    how many of them could not be read (skipped: one unreadable event, say of a type a newer worker
+    sends, must not cost the other streams their text of that step; the whole message when it is
+    neither form)."""
+    if data[:1] not in (b"[", "["):
+        try:
+            return [Event.model_validate_json(data)], 0
+        except ValueError:
+            return [], 1
+    try:
+        return _EVENT_LIST.validate_json(data), 0
+    except ValueError:
+        pass
+    try:
+        items = json.loads(data)
+    except ValueError:
+        return [], 1
+    events = []
+    for item in items:
+        try:
+            events.append(Event.model_validate(item))
+        except ValueError:
+            continue
+    return events, len(items) - len(events)

@@ -122,11 +122,11 @@ class EventHub:
                 while True:
                     msg = await pubsub.get_message(timeout=1.0)  # below the socket timeout
                     if msg and msg["type"] == "message":
-                        try:
-                            events = read_reply(msg["data"])  # one event, or a step's for this front
-                        except ValueError:
-                            log.warning("ignoring an unreadable message on the reply channel")
-                            continue  # one bad message must not cost the subscription
+                        # One event, or a step's for this front; what cannot be read is skipped
+                        # (it must not cost the subscription, nor the other streams their text).
+                        events, unreadable = read_reply(msg["data"])
+                        if unreadable:
+                            log.warning("ignoring %d unreadable event(s) on the reply channel", unreadable)
                         for event in events:
                             queue = self._queues.get(event.job)
                             if queue is not None:

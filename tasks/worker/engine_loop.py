@@ -278,9 +278,9 @@ class EngineLoop(threading.Thread):
         events = _delta_events(waiter, thought, delta, out.logprobs) if delta or thought or out.logprobs else []
         if waiter.reply_to and events:
             replies.setdefault(waiter.reply_to, []).extend(e.model_dump_json(exclude_defaults=True) for e in events)
-        if waiter.reply_to and events and not waiter.streamed:
-            waiter.streamed = True  # from now on a dead worker fails it (tasks/worker/reaper.py)
-            pipe.hset(job_key(waiter.job_id), "streamed", 1)
+            if not waiter.streamed:
+                waiter.streamed = True  # from now on a dead worker fails it (tasks/worker/reaper.py)
+                pipe.hset(job_key(waiter.job_id), "streamed", 1)
         if waiter.keep_ttl and (events or out.finished):
             for i, kept in enumerate(events or [None]):
                 self._keep(pipe, waiter, kept, out.finished and i == max(len(events), 1) - 1)
@@ -302,10 +302,10 @@ class EngineLoop(threading.Thread):
     def _check_cancelled(self) -> None:
         """Before a step, when a check is due and the last step's round trip did not make it: read
         the status of every running sequence's job in a round trip of its own."""
+        if not self._cancel_check_due():
+            return
         with self.client.pipeline(transaction=False) as pipe:
             checked = self._cancel_check_on(pipe)
-            if not checked:
-                return
             try:
                 statuses = pipe.execute()
             except redis.RedisError:
@@ -317,14 +317,16 @@ class EngineLoop(threading.Thread):
         of each running sequence's job (those in ``ending`` left out): a step's own round trip
         carries it, so that a busy engine pays no round trip of its own for it. The sequences
         read, in order, for :meth:`_abort_ended`; none when no check is due."""
-        now = time.monotonic()
-        if now - self._last_cancel_check < CANCEL_CHECK_SECONDS or not self._waiters:
+        if not self._cancel_check_due():
             return []
-        self._last_cancel_check = now
+        self._last_cancel_check = time.monotonic()
         items = [(seq_id, waiter) for seq_id, waiter in self._waiters.items() if seq_id not in ending]
         for _, waiter in items:
             pipe.hget(job_key(waiter.job_id), "status")
         return items
+
+    def _cancel_check_due(self) -> bool:
+        return bool(self._waiters) and time.monotonic() - self._last_cancel_check >= CANCEL_CHECK_SECONDS
 
     def _abort_ended(self, checked: list[tuple[str, SeqWaiter]], statuses: list[Any]) -> None:
         """Abort the sequences whose job is no longer running (cancelled, ended) or whose deadline

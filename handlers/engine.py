@@ -27,7 +27,7 @@ import torch
 
 from tasks.contract.payloads import SamplingParams
 
-from . import fast_decode
+from . import cpu_kernels, fast_decode
 from .batch_cache import BatchCache
 from .chunked_prefill import ChunkedPrefill
 from .prefix_cache import PrefixCache
@@ -61,7 +61,9 @@ class Engine:
         slots = slot_cache and self.device.type == "cpu" and SlotCache.supports(self.model.config)
         self.kv = (SlotCache if slots else BatchCache)(self.device, handler.pad_id, self.model.config, prefixes)
         # Decode steps straight from the model's modules where its architecture allows (handlers/fast_decode.py).
-        self.fast = fast_decode.build(self.model) if slots and fast else None
+        # Its elementwise work in fused C kernels (handlers/cpu_kernels.py) unless LLMHOST_CPU_KERNELS=false.
+        kernels = cpu_kernels.load() if slots and fast and handler.options.cpu_kernels else None
+        self.fast = fast_decode.build(self.model, kernels) if slots and fast else None
         self.sampler = Sampler(self.device, handler.describe_token)
         self.last_batch = 0  # rows in the most recent decode forward
         # A prompt over the prefill budget is prefilled a budget per step (handlers/chunked_prefill.py).

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import Kernels
 from .cpu_linear import FusedMember, PackedLinear
 from .slot_cache import SlotCache
 
@@ -38,10 +39,13 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {"LlamaForCausalLM": "Llama", "Qwen2ForCausalLM": "Qwen2", "MistralForCausalLM": "Mistral"}
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+Rope = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
-def build(model: Any) -> "FastDecoder | None":
-    """A decoder for ``model``, or None when its structure is not the one this file knows."""
+def build(model: Any, kernels: Kernels | None = None) -> "FastDecoder | None":
+    """A decoder for ``model``, or None when its structure is not the one this file knows;
+    ``kernels``: fused C kernels for its elementwise work (:mod:`handlers.cpu_kernels`), used
+    where they support the model's dtype and device."""
     prefix = ARCHITECTURES.get(type(model).__name__)
     config = getattr(model, "config", None)
     if prefix is None or config is None or getattr(config, "hidden_act", None) != "silu":
@@ -60,7 +64,7 @@ def build(model: Any) -> "FastDecoder | None":
             return None
     if type(model.model.norm).__name__ != f"{prefix}RMSNorm":
         return None
-    return FastDecoder(model)
+    return FastDecoder(model, kernels)
 
 
 class _Layer:
@@ -87,7 +91,7 @@ class Joining:
 
 
 class FastDecoder:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, kernels: Kernels | None = None) -> None:
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -98,6 +102,7 @@ class FastDecoder:
         self.lm_head = _linear(model.lm_head)
         self.layers = [_Layer(layer) for layer in model.model.layers]
         dtype = self.embed.weight.dtype
+        self.kernels = kernels if kernels is not None and kernels.supports(dtype, self.embed.weight.device) else None
         self.kv_shapes = [((self.kv_heads, self.head_dim, dtype),) * 2 for _ in self.layers]
         # Chosen on the first step, on the thread that runs the model: timing it here (the loading
         # thread) would start a second OpenMP team in the process, which halved the engine's speed.
@@ -116,39 +121,78 @@ class FastDecoder:
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         ids, positions, spans = _step_tokens(kv, joining, running)
         tokens = ids.shape[0]
-        x = self.embed(ids)  # [tokens, hidden]
+        x = self.embed(ids)  # [tokens, hidden]: the residual stream, added to in place
         cos, sin = self.rotary(x[None], positions[None])  # [1, tokens, head_dim]
-        cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # broadcast over heads in [tokens, heads, dim]
-        half = dim // 2
-        # rotate_half(x) * sin == roll(x, half) * sin with the first half of sin negated: one op fewer.
-        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        rope = self.rope(cos[0], sin[0])
         if self.attention is None:
             self.attention = decode_attention(x.dtype, heads, kv_heads, dim)
         mask = kv.mask_buf[:running, kv.start:end + 1]
         bias = self.attention.mask(mask)  # once per step, in the form the attention takes
+        norms = [layer.norm1 for layer in self.layers[1:]] + [self.norm]
+        h = self.add_norm(x, None, *self.layers[0].norm1)
         for i, layer in enumerate(self.layers):
-            qkv = layer.qkv(_rms_norm(x, *layer.norm1)).view(tokens, heads + 2 * kv_heads, dim)
-            qk = qkv[:, :heads + kv_heads]
-            qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)
-            q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads:]
             keys, values = kv.k[i], kv.v[i]
+            q, k, v = rope(layer.qkv(h).view(tokens, heads + 2 * kv_heads, dim), running, keys[:, :, end],
+                           values[:, :, end])
             outs = []
             if running:
-                keys[:running, :, end] = k[:running]
-                values[:running, :, end] = v[:running]
                 window = slice(kv.start, end + 1)
                 outs.append(self.attention(q[:running], keys[:running, :, window], values[:running, :, window],
                                            bias, layer.scaling))
             for j, (at, n, causal) in zip(joining, spans):
                 outs.append(_prompt_attention(j, end, q[at:at + n], k[at:at + n], v[at:at + n], keys, values, causal,
                                               layer.scaling))
-            x = x + layer.o(outs[0] if len(outs) == 1 else torch.cat(outs))
-            gate, up = layer.gate_up(_rms_norm(x, *layer.norm2)).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            h = self.add_norm(x, layer.o(outs[0] if len(outs) == 1 else torch.cat(outs)), *layer.norm2)
+            h = self.add_norm(x, layer.down(self.silu_mul(layer.gate_up(h))), *norms[i])  # the next layer's input (the last: the final norm)
         if joining:  # each row's last token
             last = list(range(running)) + [at + n - 1 for at, n, _ in spans]
-            x = x[torch.tensor(last, device=dev)]
-        return self.lm_head(_rms_norm(x, *self.norm))
+            h = h[torch.tensor(last, device=dev)]
+        return self.lm_head(h)
+
+    def add_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """``x += delta`` in place (the residual stream), then RMSNorm of ``x``."""
+        if self.kernels is not None:
+            return self.kernels.add_rms_norm(x, delta, weight, eps)
+        if delta is not None:
+            x.add_(delta)
+        return _rms_norm(x, weight, eps)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """SwiGLU: ``silu(gate) * up`` from the gate/up projection's output [tokens, 2 * intermediate]."""
+        if self.kernels is not None:
+            return self.kernels.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def rope(self, cos: torch.Tensor, sin: torch.Tensor) -> "Rope":
+        """The step's rotary embedding (``cos``, ``sin``: [tokens, head_dim]) as a call on a layer's
+        ``qkv`` [tokens, heads + 2 * kv_heads, dim] that rotates q and k, writes the first ``running``
+        tokens' keys and values into the cache column given ([rows, kv_heads, dim]) and returns q, k, v."""
+        heads, kv_heads = self.heads, self.kv_heads
+        if self.kernels is not None:
+            kernels, cos, sin = self.kernels, cos.contiguous(), sin.contiguous()
+
+            def fused(qkv: torch.Tensor, running: int, key_col: torch.Tensor,
+                      value_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                kernels.rope_store(qkv, heads, kv_heads, cos, sin, running, key_col, value_col)
+                return qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
+            return fused
+
+        half = self.head_dim // 2
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads in [tokens, heads, dim]
+        # rotate_half(x) * sin == roll(x, half) * sin with the first half of sin negated: one op fewer.
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+        def eager(qkv: torch.Tensor, running: int, key_col: torch.Tensor,
+                  value_col: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            qk = qkv[:, :heads + kv_heads]
+            qk = torch.addcmul(qk * cos, qk.roll(half, dims=-1), sin)
+            q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv_heads:]
+            if running:
+                key_col[:running] = k[:running]
+                value_col[:running] = v[:running]
+            return q, k, v
+        return eager
 
 
 def _step_tokens(kv: SlotCache, joining: Sequence[Joining],

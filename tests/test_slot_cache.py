@@ -6,11 +6,13 @@ model's own ``nn.Linear``."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
-from handlers import cpu_linear, fast_decode, slot_cache
+from handlers import cpu_kernels, cpu_linear, fast_decode, slot_cache
 from handlers.batch_cache import BatchCache
 from handlers.engine import Engine
 from handlers.slot_cache import HEADROOM, SlotCache
@@ -27,13 +29,17 @@ PLAN = [(0, "Tell me about the sea.", 14), (0, "Hi", 5), (2, "Once upon a time t
         (75, "After a gap, with nobody running.", 10)]
 
 
-def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False,
-             attention: str | None = None) -> tuple[Engine, list[list[int]]]:
-    """``attention``: the fast path's decode attention by name, instead of the one timed fastest here."""
+def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False, attention: str | None = None,
+             kernels: bool = True) -> tuple[Engine, list[list[int]]]:
+    """``attention``: the fast path's decode attention by name, instead of the one timed fastest here;
+    ``kernels``: False for its torch ops instead of the C kernels (handlers/cpu_kernels.py)."""
     engine = Engine(handler, max_batch=4, slot_cache=slots, fast=fast)
     if attention is not None:
         assert engine.fast is not None
         engine.fast.attention = fast_decode.ATTENTIONS[attention]()
+    if not kernels:
+        assert engine.fast is not None
+        engine.fast.kernels = None
     pending, seqs, step = list(PLAN), [], 0
     with torch.inference_mode():
         while pending or engine.has_work():
@@ -59,10 +65,13 @@ def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monke
     fast, got = run_plan(h, True, ignore)
     assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache and fast.fast is None
     assert got == expected
-    for attention in fast_decode.ATTENTIONS:  # whichever this machine's CPU runs faster
-        fastest, decoded = run_plan(h, True, ignore, fast=True, attention=attention)
+    # Whichever attention this machine's CPU runs faster, with the C kernels and with the torch ops.
+    for attention, kernels in itertools.product(fast_decode.ATTENTIONS, (True, False)):
+        fastest, decoded = run_plan(h, True, ignore, fast=True, attention=attention, kernels=kernels)
         assert fastest.fast is not None  # both tiny models are Llama-shaped (Qwen2, Llama)
-        assert decoded == expected, attention  # rows joining in the running rows' pass, from cached prefixes too
+        assert (fastest.fast.kernels is not None) == (kernels and cpu_kernels.load() is not None)
+        # rows joining in the running rows' pass, from cached prefixes too
+        assert decoded == expected, (attention, kernels)
         assert fastest.prefix_cache is not None and fastest.prefix_cache.hits > 0
     assert [len(t) for t in got] == [n for _, _, n in PLAN]
     assert len(rebuilds) > 5  # growth to the right, room on the left, more rows: all exercised
@@ -165,9 +174,11 @@ def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
             engine.step()
         inputs = engine.kv.decode_inputs()
         model = h.model(**inputs, use_cache=True).logits[:, -1].float()
-        for name, attention in fast_decode.ATTENTIONS.items():
-            engine.fast.attention = attention()
-            torch.testing.assert_close(engine.fast(engine.kv).float(), model, atol=0.1, rtol=0.05, msg=name)
+        kernels = engine.fast.kernels
+        for (name, attention), fused in itertools.product(fast_decode.ATTENTIONS.items(), (kernels, None)):
+            engine.fast.attention, engine.fast.kernels = attention(), fused
+            torch.testing.assert_close(engine.fast(engine.kv).float(), model, atol=0.1, rtol=0.05,
+                                       msg=f"{name}, C kernels {fused is not None}")
 
 
 def test_packed_linear_layers_give_the_models_logits(tiny_models):

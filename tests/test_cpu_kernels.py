@@ -1,0 +1,136 @@
+"""The decode step's C kernels (handlers/cpu_kernels.c) against the torch ops they replace: float32
+to float32's precision, bfloat16 within one rounding; each row's result the same whatever else is in
+the call (batched greedy stays equal to unbatched); the build cached and its absence handled. The
+kernels in a whole decode step are tested against the model's forward in tests/test_slot_cache.py."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from handlers import cpu_kernels
+
+pytestmark = pytest.mark.skipif(cpu_kernels.load() is None, reason="no C compiler here: the decode step keeps its torch ops")
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    # float32: the reduction's order differs from torch's; bfloat16: one rounding instead of several.
+    return {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2 ** -6, "rtol": 2 ** -7}
+
+
+def test_a_compiler_on_this_machine_means_the_kernels_are_built():
+    if shutil.which("cc") or shutil.which("gcc"):  # CI's machine has one: the kernels must not fall back silently there
+        assert cpu_kernels.load() is not None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_rms_norm_adds_into_the_residual_and_normalizes_it(dtype):
+    torch.manual_seed(0)
+    kernels = cpu_kernels.load()
+    assert kernels is not None
+    rows, hidden = 7, 200  # not a multiple of the kernel's 16 lanes
+    x = (torch.randn(rows, hidden) * 3).to(dtype)
+    delta = torch.randn(rows, 2 * hidden).to(dtype)[:, :hidden]  # a strided view, as a projection's slice would be
+    weight = (torch.rand(hidden) + 0.5).to(dtype)
+    residual = x + delta
+    got_x = x.clone()
+    out = kernels.add_rms_norm(got_x, delta, weight, 1e-5)
+    assert torch.equal(got_x, residual)  # the residual stream rounds as `x + delta` does
+    torch.testing.assert_close(out, F.rms_norm(residual, (hidden,), weight, 1e-5), **tolerance(dtype))
+    alone = residual.clone()
+    torch.testing.assert_close(kernels.add_rms_norm(alone, None, weight, 1e-5), out, atol=0, rtol=0)
+    assert torch.equal(alone, residual)  # no delta: x untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rope_store_rotates_q_and_k_in_place_and_fills_the_cache_column(dtype):
+    torch.manual_seed(1)
+    kernels = cpu_kernels.load()
+    assert kernels is not None
+    tokens, heads, kv_heads, dim, running, column = 6, 4, 2, 16, 3, 5
+    qkv = torch.randn(tokens, heads + 2 * kv_heads, dim).to(dtype)
+    angles = torch.rand(tokens, dim // 2) * 20
+    cos, sin = torch.cat([angles, angles], -1).cos().to(dtype), torch.cat([angles, angles], -1).sin().to(dtype)
+    keys, values = torch.zeros(8, kv_heads, 10, dim, dtype=dtype), torch.zeros(8, kv_heads, 10, dim, dtype=dtype)
+
+    def rotate_half(t):
+        return torch.cat((-t[..., dim // 2:], t[..., :dim // 2]), -1)
+
+    qk = qkv[:, :heads + kv_heads].float()
+    expected = qk * cos[:, None].float() + rotate_half(qk) * sin[:, None].float()  # transformers' apply_rotary_pos_emb
+    got = qkv.clone()
+    kernels.rope_store(got, heads, kv_heads, cos, sin, running, keys[:, :, column], values[:, :, column])
+    torch.testing.assert_close(got[:, :heads + kv_heads].float(), expected, **tolerance(dtype))
+    assert torch.equal(got[:, heads + kv_heads:], qkv[:, heads + kv_heads:])  # values are not rotated
+    assert torch.equal(keys[:running, :, column], got[:running, heads:heads + kv_heads])
+    assert torch.equal(values[:running, :, column], qkv[:running, heads + kv_heads:])
+    assert not keys[running:].any() and not values[running:].any()  # only the running rows' column
+    assert not keys[:, :, :column].any() and not keys[:, :, column + 1:].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul_is_swiglus_product_over_the_whole_range(dtype):
+    kernels = cpu_kernels.load()
+    assert kernels is not None
+    gate = torch.cat([torch.linspace(-120, 120, 4001), torch.tensor([0.0, -0.0, float("inf"), float("nan")])])
+    up = torch.linspace(-2, 2, gate.numel())
+    got = kernels.silu_mul(torch.cat([gate, up])[None].to(dtype))[0]
+    expected = F.silu(gate.to(dtype)).float() * up.to(dtype).float()
+    torch.testing.assert_close(got.float(), expected, equal_nan=True, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_rows_result_does_not_depend_on_the_other_rows(dtype):
+    """Batched greedy decoding equals unbatched only if a row's arithmetic is its own."""
+    torch.manual_seed(2)
+    kernels = cpu_kernels.load()
+    assert kernels is not None
+    x, delta = torch.randn(32, 576).to(dtype), torch.randn(32, 576).to(dtype)
+    weight = torch.rand(576).to(dtype)
+    gate_up = torch.randn(32, 2 * 1536).to(dtype)
+    batch_x = x.clone()
+    batch = kernels.add_rms_norm(batch_x, delta, weight, 1e-6)
+    swiglu = kernels.silu_mul(gate_up)
+    for r in (0, 13, 31):
+        one_x = x[r:r + 1].clone()
+        assert torch.equal(kernels.add_rms_norm(one_x, delta[r:r + 1], weight, 1e-6), batch[r:r + 1])
+        assert torch.equal(one_x, batch_x[r:r + 1])
+        assert torch.equal(kernels.silu_mul(gate_up[r:r + 1].clone()), swiglu[r:r + 1])
+
+
+def test_arguments_the_c_code_cannot_take_are_refused():
+    kernels = cpu_kernels.load()
+    assert kernels is not None
+    x = torch.randn(4, 8)
+    with pytest.raises(AssertionError):
+        kernels.add_rms_norm(x, torch.randn(4, 8, dtype=torch.bfloat16), torch.ones(8), 1e-5)  # mixed dtypes
+    with pytest.raises(AssertionError):
+        kernels.add_rms_norm(x, torch.randn(8, 4).t(), torch.ones(8), 1e-5)  # columns not contiguous
+    with pytest.raises(KeyError):
+        kernels.silu_mul(torch.randn(4, 8, dtype=torch.float16))  # a dtype the C code has no version of
+
+
+def test_the_build_is_cached_and_no_compiler_means_none(tmp_path, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setenv("LLMHOST_KERNEL_CACHE", str(tmp_path / "k"))
+    assert cpu_kernels.load() is not None
+    built = list((tmp_path / "k").glob("cpu_kernels-*.so"))
+    assert len(built) == 1 and len(list((tmp_path / "k").iterdir())) == 1  # no temporary file left
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    assert cpu_kernels.load() is not None and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert cpu_kernels.load() is None
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'cc: broken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("CC", str(broken))
+    assert cpu_kernels.load() is None  # a failed build: the torch ops, not an error
+    assert list((tmp_path / "k").glob("*.so")) == built  # and no half-written file left

@@ -134,15 +134,16 @@ void rope_store_bf16(uint16_t *qkv, int64_t tokens, int64_t token_stride, int64_
 }
 
 /* exp(x) for float32 without branches, so that the compiler vectorizes the loops that call it: 2^n
- * times a degree-6 polynomial on [-ln2/2, ln2/2] (within 2 ulp of expf over the range that does not
- * overflow; below -87.3 it returns 0, above 88.7 infinity, as a float32 exp would). */
+ * times a degree-6 polynomial on [-ln2/2, ln2/2], within 3 ulp of expf where expf's result is a
+ * normal float; below -87.33 (where expf's would be subnormal) it returns 0, above 88.72 infinity,
+ * and NaN for NaN. 2^n is built as two powers of two, each a normal float over the whole range
+ * (n runs from -126 to 128). */
 static inline float exp_f32(float x) {
     const float hi = 88.7228393f, lo = -87.3365479f;
-    float big = x > hi ? INFINITY : 0.f;
-    int over = x > hi, under = x < lo;
-    x = x > hi ? hi : (x < lo ? lo : x);
-    float n = nearbyintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693145751953125f; /* ln2 in two parts: r exact to float precision */
+    int nan = x != x, over = x > hi, under = x < lo;
+    float c = nan ? 0.f : (over ? hi : (under ? lo : x));
+    float n = nearbyintf(c * 1.44269504088896341f);
+    float r = c - n * 0.693145751953125f; /* ln2 in two parts: r exact to float precision */
     r = r - n * 1.428606765330187045e-06f;
     float p = 1.f / 720;
     p = p * r + 1.f / 120;
@@ -151,12 +152,15 @@ static inline float exp_f32(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.f;
     p = p * r + 1.f;
-    int32_t e = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &e, sizeof scale);
-    float y = p * scale;
+    int32_t k = (int32_t)n, k1 = k >> 1, k2 = k - k1;
+    int32_t e1 = (k1 + 127) << 23, e2 = (k2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &e1, sizeof s1);
+    memcpy(&s2, &e2, sizeof s2);
+    float y = p * s1 * s2;
     y = under ? 0.f : y;
-    return over ? big : y;
+    y = over ? INFINITY : y;
+    return nan ? x : y;
 }
 
 /* SwiGLU's product: out[r, i] = silu(gu[r, i]) * gu[r, n + i], silu(g) = g / (1 + exp(-g)); gu is

@@ -23,11 +23,13 @@ import ctypes
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
@@ -57,10 +59,15 @@ def cache_dir() -> Path:
 
 def load() -> "Kernels | None":
     """The compiled kernels (built on the first call in a process where no cached build fits), or
-    None where they cannot be built here; logged once either way."""
+    None where they cannot be built or loaded here; logged once either way."""
     with _lock:
         if "lib" not in _loaded:
-            _loaded["lib"] = _build()
+            try:
+                _loaded["lib"] = _build()
+            except Exception as exc:  # noqa: BLE001 - whatever went wrong, the torch ops still work
+                log.warning("CPU kernels: not available (%s: %s); the decode step keeps its torch ops",
+                            type(exc).__name__, exc)
+                _loaded["lib"] = None
         return _loaded["lib"]
 
 
@@ -75,45 +82,63 @@ def _cpu_flags() -> str:
 
 
 def _build() -> "Kernels | None":
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    # $CC may carry words of its own ("ccache gcc", "gcc -m64"), as make's does.
+    compiler = shlex.split(os.environ.get("CC", "")) or [c for c in (shutil.which("cc") or shutil.which("gcc"),) if c]
     if not compiler:
         log.info("CPU kernels: no C compiler here; the decode step keeps its torch ops")
         return None
-    try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-        source = SOURCE.read_bytes()
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), version.encode(), " ".join(FLAGS).encode(),
-                                         _cpu_flags().encode()])).hexdigest()[:16]
-        folder = cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"cpu_kernels-{key}.so"
-        if not target.exists():
-            # Built beside the target and renamed into place: workers starting together never load a half-written file.
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
-            os.close(fd)
-            try:
-                done = subprocess.run([compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                      timeout=120)
-                if done.returncode != 0:
-                    log.warning("CPU kernels: the build failed (%s); the decode step keeps its torch ops: %s",
-                                compiler, done.stderr.strip()[-2000:])
-                    return None
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        kernels = Kernels(ctypes.CDLL(str(target)))
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("CPU kernels: not available (%s); the decode step keeps its torch ops", exc)
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(compiler).encode(), version.encode(),
+                                     " ".join(FLAGS).encode(), _cpu_flags().encode()])).hexdigest()[:16]
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        # A library others could have put there would run as this worker: only a folder of our own.
+        log.warning("CPU kernels: %s is not a folder only this user can write to; the decode step keeps its "
+                    "torch ops (set LLMHOST_KERNEL_CACHE to one)", folder)
         return None
-    log.info("CPU kernels: %s", target)
-    return kernels
+    target = folder / f"cpu_kernels-{key}.so"
+    for attempt in (1, 2):
+        if not target.exists() and not _compile(compiler, target):
+            return None
+        try:
+            kernels = Kernels(ctypes.CDLL(str(target)))
+        except OSError as exc:
+            if attempt == 2:
+                raise
+            log.warning("CPU kernels: %s does not load (%s); building it again", target, exc)
+            target.unlink(missing_ok=True)
+            continue
+        log.info("CPU kernels: %s", target)
+        return kernels
+    return None
+
+
+def _compile(compiler: list[str], target: Path) -> bool:
+    # Built beside the target and renamed into place: workers starting together never load a
+    # half-written file (each may build it; the last rename wins, with the same contents).
+    fd, tmp = tempfile.mkstemp(prefix="cpu_kernels-building-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([*compiler, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            log.warning("CPU kernels: the build failed (%s); the decode step keeps its torch ops: %s",
+                        " ".join(compiler), done.stderr.strip()[-2000:])
+            return False
+        os.chmod(tmp, 0o755)  # mkstemp's 0600, which the linker keeps
+        os.replace(tmp, target)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Kernels:
     """The library's calls on torch tensors. Every tensor is on the CPU, in one of :data:`DTYPES`
     (all of a call's in the same one), each row contiguous (stride 1 along the last dimension):
-    :meth:`supports` says whether a model's dtype and device fit; the calls check their arguments."""
+    :meth:`supports` says whether a model's tensors fit; the calls check their arguments (ValueError)."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self.calls = {}
@@ -124,8 +149,15 @@ class Kernels:
                 self.calls[name, suffix] = fn
 
     @staticmethod
-    def supports(dtype: torch.dtype, device: torch.device) -> bool:
-        return device.type == "cpu" and dtype in DTYPES
+    def supports(tensors: Iterable[torch.Tensor]) -> bool:
+        """The tensors a model's calls pass (its embedding, its norms' weights) fit: all on the CPU, in
+        one dtype of :data:`DTYPES`."""
+        dtypes = set()
+        for t in tensors:
+            if not t.is_cpu:
+                return False
+            dtypes.add(t.dtype)
+        return len(dtypes) == 1 and dtypes.pop() in DTYPES
 
     def add_rms_norm(self, x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
                      eps: float) -> torch.Tensor:
@@ -138,9 +170,8 @@ class Kernels:
             delta_ptr, delta_stride = None, 0
         else:
             _check(x, delta, weight)
-            assert delta.shape == x.shape
             delta_ptr, delta_stride = delta.data_ptr(), delta.stride(0)
-        assert weight.shape == (n,)
+        _require(weight.shape == (n,) and (delta is None or delta.shape == x.shape))
         out = torch.empty((rows, n), dtype=x.dtype)
         if self.calls["add_rms_norm", suffix](x.data_ptr(), delta_ptr, weight.data_ptr(), out.data_ptr(), rows, n,
                                                x.stride(0), delta_stride, n, eps):
@@ -153,10 +184,10 @@ class Kernels:
         (cos and sin [tokens, dim]) and copies the first ``store`` tokens' keys and values into
         ``keys`` and ``values`` [rows, kv_heads, dim] (a cache's column: row t gets token t)."""
         tokens, total, dim = qkv.shape
-        assert total == heads + 2 * kv_heads and cos.shape == sin.shape == (tokens, dim) and dim % 2 == 0
-        assert qkv.stride(1) == dim and cos.stride(0) == sin.stride(0)
-        assert store <= min(tokens, keys.shape[0], values.shape[0])
-        assert keys.shape[1:] == values.shape[1:] == (kv_heads, dim)
+        _require(total == heads + 2 * kv_heads and cos.shape == sin.shape == (tokens, dim) and dim % 2 == 0
+                 and qkv.stride(1) == dim and cos.stride(0) == sin.stride(0)
+                 and 0 <= store <= min(tokens, keys.shape[0], values.shape[0])
+                 and keys.shape[1:] == values.shape[1:] == (kv_heads, dim))
         _check(qkv, cos, sin)
         _check(qkv, keys, values)
         self.calls["rope_store", DTYPES[qkv.dtype]](
@@ -176,5 +207,10 @@ class Kernels:
 
 def _check(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> None:
     """The C code reads and writes raw memory: same dtype, CPU, rows contiguous, or no call."""
-    assert a.dtype == b.dtype == c.dtype and a.is_cpu and b.is_cpu and c.is_cpu \
-        and a.stride(-1) == b.stride(-1) == c.stride(-1) == 1, "CPU kernels: arguments they cannot take"
+    _require(a.dtype == b.dtype == c.dtype and a.is_cpu and b.is_cpu and c.is_cpu
+             and a.stride(-1) == b.stride(-1) == c.stride(-1) == 1)
+
+
+def _require(ok: bool) -> None:
+    if not ok:  # not an assert: `python -O` must not turn these off
+        raise ValueError("CPU kernels: arguments they cannot take")

@@ -102,7 +102,10 @@ class FastDecoder:
         self.lm_head = _linear(model.lm_head)
         self.layers = [_Layer(layer) for layer in model.model.layers]
         dtype = self.embed.weight.dtype
-        self.kernels = kernels if kernels is not None and kernels.supports(dtype, self.embed.weight.device) else None
+        # The C kernels where every tensor they take shares one dtype they have (a model whose norms
+        # kept float32 weights beside bf16 activations keeps the torch ops).
+        norms = [w for layer in self.layers for w in (layer.norm1[0], layer.norm2[0])] + [self.norm[0]]
+        self.kernels = kernels if kernels is not None and kernels.supports([self.embed.weight, *norms]) else None
         self.kv_shapes = [((self.kv_heads, self.head_dim, dtype),) * 2 for _ in self.layers]
         # Chosen on the first step, on the thread that runs the model: timing it here (the loading
         # thread) would start a second OpenMP team in the process, which halved the engine's speed.

@@ -17,6 +17,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define LANES 16
 
@@ -33,6 +36,18 @@ static inline uint16_t bf16_round(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays a quiet NaN */
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
+}
+
+/* The sum of LANES partial sums as a tree (halves added together); with AVX-512 one register's
+ * reduction. A left-to-right sum would be LANES dependent scalar adds. */
+static inline float lanes_sum(float *part) {
+#if defined(__AVX512F__) && LANES == 16
+    return _mm512_reduce_add_ps(_mm512_loadu_ps(part));
+#else
+    for (int width = LANES / 2; width > 0; width /= 2)
+        for (int l = 0; l < width; l++) part[l] += part[l + width];
+    return part[0];
+#endif
 }
 
 static float sum_squares(const float *x, int64_t n) {
@@ -183,4 +198,148 @@ void silu_mul_bf16(const uint16_t *gu, uint16_t *out, int64_t rows, int64_t n, i
             o[i] = bf16_round(x / (1.f + exp_f32(-x)) * bf16_load(u[i]));
         }
     }
+}
+
+/* One query per row attending over its window of the cache (a decode step), grouped-query: query
+ * head h reads key/value head h / (heads / kv_heads), as transformers' repeat_kv pairs them.
+ *   q       [rows, heads, dim]            (row stride q_row, head stride q_head)
+ *   keys    [rows, kv_heads, cols, dim]   (the window's first column; strides k_row, k_head, dim)
+ *   values  likewise (v_row, v_head)
+ *   mask    [rows, cols] bytes, 1 = a real column (row stride mask_row), or NULL: every column
+ *   out     [rows, heads * dim]           (row stride out_row)
+ * scores = q . k * scale, softmax over the row's real columns, out = sum p * v: float32 throughout,
+ * the keys and values read once each from the cache in its own dtype (no float32 copy of the
+ * window), a bfloat16 result rounded once. A row with no real column gets zeros. scratch holds
+ * (heads / kv_heads) * (cols + dim) floats. */
+#define MAX_GROUP 16
+
+/* a . b over n floats (n a multiple of LANES), as LANES partial sums. */
+static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
+    float part[LANES] = {0};
+    for (int64_t i = 0; i < n; i += LANES)
+        for (int l = 0; l < LANES; l++) part[l] += a[i + l] * b[i + l];
+    return lanes_sum(part);
+}
+
+static inline void axpy(float *restrict y, float p, const float *restrict x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += p * x[i];
+}
+
+/* s[c] = exp(s[c] - top) (a masked column's -inf gives 0); returns their sum (LANES partial sums). */
+static inline float softmax_numerators(float *restrict s, int64_t n, float top) {
+    float part[LANES] = {0};
+    int64_t c = 0;
+    for (; c + LANES <= n; c += LANES)
+        for (int l = 0; l < LANES; l++) {
+            float p = exp_f32(s[c + l] - top);
+            s[c + l] = p;
+            part[l] += p;
+        }
+    float total = lanes_sum(part);
+    for (; c < n; c++) {
+        s[c] = exp_f32(s[c] - top);
+        total += s[c];
+    }
+    return total;
+}
+
+static inline void widen_f32(float *restrict out, const float *restrict in, int64_t n) { memcpy(out, in, n * sizeof(float)); }
+
+static inline void widen_bf16(float *restrict out, const uint16_t *restrict in, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = bf16_load(in[i]);
+}
+
+/* One (row, key/value head): its `group` query heads over the row's columns. Always inlined, so
+ * that a call with a constant dim (64, 128: the common head sizes) compiles to loops of known length
+ * that stay in registers. */
+#define ATTEND_ONE(NAME, T, LOAD, STORE, WIDEN)                                                                 \
+    static inline __attribute__((always_inline)) void NAME(                                                     \
+        const T *q, int64_t q_head, const T *kb, const T *vb, const uint8_t *m, int64_t cols, int64_t group,     \
+        int64_t dim, float scale, float *scores, T *o) {                                                        \
+        float qf[MAX_GROUP][256], acc[MAX_GROUP][256], kf[256], best[MAX_GROUP];                                 \
+        for (int64_t g = 0; g < group; g++) {                                                                   \
+            for (int64_t d = 0; d < dim; d++) qf[g][d] = LOAD(q[g * q_head + d]) * scale;                       \
+            for (int64_t d = 0; d < dim; d++) acc[g][d] = 0.f;                                                  \
+            best[g] = -INFINITY;                                                                                \
+        }                                                                                                       \
+        for (int64_t c = 0; c < cols; c++) {                                                                    \
+            if (m && !m[c]) {                                                                                   \
+                for (int64_t g = 0; g < group; g++) scores[g * cols + c] = -INFINITY;                           \
+                continue;                                                                                       \
+            }                                                                                                   \
+            WIDEN(kf, kb + c * dim, dim);                                                                       \
+            for (int64_t g = 0; g < group; g++) {                                                               \
+                float s = dot(qf[g], kf, dim);                                                                  \
+                scores[g * cols + c] = s;                                                                       \
+                best[g] = s > best[g] ? s : best[g];                                                            \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int64_t g = 0; g < group; g++) {                                                                   \
+            float *sg = scores + g * cols;                                                                      \
+            float total = best[g] == -INFINITY ? 0.f : softmax_numerators(sg, cols, best[g]);                  \
+            float inv = total > 0.f ? 1.f / total : 0.f;                                                        \
+            for (int64_t c = 0; c < cols; c++) sg[c] *= inv;                                                    \
+        }                                                                                                       \
+        for (int64_t c = 0; c < cols; c++) {                                                                    \
+            if (m && !m[c]) continue;                                                                           \
+            WIDEN(kf, vb + c * dim, dim);                                                                       \
+            for (int64_t g = 0; g < group; g++) axpy(acc[g], scores[g * cols + c], kf, dim);                    \
+        }                                                                                                       \
+        for (int64_t g = 0; g < group; g++)                                                                     \
+            for (int64_t d = 0; d < dim; d++) o[g * dim + d] = STORE(acc[g][d]);                                \
+    }
+
+ATTEND_ONE(attend_one_f32, float, F32_LOAD, F32_STORE, widen_f32)
+ATTEND_ONE(attend_one_bf16, uint16_t, bf16_load, bf16_round, widen_bf16)
+
+/* The (row, key/value head) pairs are shared out among `threads` threads of the OpenMP runtime torch
+ * itself runs on (handlers/cpu_kernels.py links this library to that one: the same thread team, not
+ * a second one beside it); built without OpenMP, one thread. */
+#define ATTENTION_BODY(ONE)                                                                                     \
+    int64_t group = heads / kv_heads;                                                                           \
+    if (dim % LANES || dim > 256 || group > MAX_GROUP || group * kv_heads != heads) return -2;                  \
+    int failed = 0;                                                                                             \
+    _Pragma("omp parallel num_threads(threads) if (threads > 1 && rows * kv_heads > 1)")                        \
+    {                                                                                                           \
+        float *scores = malloc((size_t)(group * cols + 1) * sizeof(float));                                     \
+        if (!scores) failed = 1;                                                                                \
+        _Pragma("omp for schedule(static)")                                                                     \
+        for (int64_t task = 0; task < rows * kv_heads; task++) {                                                \
+            if (!scores) continue;                                                                              \
+            int64_t r = task / kv_heads, kh = task % kv_heads;                                                  \
+            const uint8_t *m = mask ? mask + r * mask_row : NULL;                                               \
+            switch (dim) {                                                                                      \
+            case 64:                                                                                            \
+                ONE(q + r * q_row + kh * group * q_head, q_head, keys + r * k_row + kh * k_head,                \
+                    values + r * v_row + kh * v_head, m, cols, group, 64, scale, scores,                        \
+                    out + r * out_row + kh * group * dim);                                                      \
+                break;                                                                                          \
+            case 128:                                                                                           \
+                ONE(q + r * q_row + kh * group * q_head, q_head, keys + r * k_row + kh * k_head,                \
+                    values + r * v_row + kh * v_head, m, cols, group, 128, scale, scores,                       \
+                    out + r * out_row + kh * group * dim);                                                      \
+                break;                                                                                          \
+            default:                                                                                            \
+                ONE(q + r * q_row + kh * group * q_head, q_head, keys + r * k_row + kh * k_head,                \
+                    values + r * v_row + kh * v_head, m, cols, group, dim, scale, scores,                       \
+                    out + r * out_row + kh * group * dim);                                                      \
+            }                                                                                                   \
+        }                                                                                                       \
+        free(scores);                                                                                           \
+    }                                                                                                           \
+    return failed ? -1 : 0;
+
+/* dim must be a multiple of 16 and at most 256 (returns -2 otherwise, before touching anything). */
+int decode_attention_f32(const float *q, int64_t rows, int64_t heads, int64_t kv_heads, int64_t dim, int64_t q_row,
+                         int64_t q_head, const float *keys, int64_t k_row, int64_t k_head, const float *values,
+                         int64_t v_row, int64_t v_head, int64_t cols, const uint8_t *mask, int64_t mask_row,
+                         float scale, float *out, int64_t out_row, int threads) {
+    ATTENTION_BODY(attend_one_f32)
+}
+
+int decode_attention_bf16(const uint16_t *q, int64_t rows, int64_t heads, int64_t kv_heads, int64_t dim,
+                          int64_t q_row, int64_t q_head, const uint16_t *keys, int64_t k_row, int64_t k_head,
+                          const uint16_t *values, int64_t v_row, int64_t v_head, int64_t cols, const uint8_t *mask,
+                          int64_t mask_row, float scale, uint16_t *out, int64_t out_row, int threads) {
+    ATTENTION_BODY(attend_one_bf16)
 }

@@ -6,8 +6,9 @@ cores that dispatch is serial Python while the matmuls wait. This runs the same 
 weights with fewer ops: q/k/v and gate/up as one matmul each where :mod:`handlers.cpu_linear`
 fused them, RMSNorm as one ``F.rms_norm`` call, RoPE on q and k together, the new keys/values
 written straight into the slot buffers, the running rows' attention over the live window in
-whichever of two ways is faster on this CPU (:func:`decode_attention`), and only the rows' last positions through the LM
-head. Rows joining the batch are prefilled in the same pass (:class:`Joining`): their prompt
+whichever way is fastest on this CPU (:func:`decode_attention`: two torch ways, and the C kernel of
+:mod:`handlers.cpu_kernels` where it is built, which also does the elementwise work), and only the
+rows' last positions through the LM head. Rows joining the batch are prefilled in the same pass (:class:`Joining`): their prompt
 tokens go through the matmuls with the running rows' tokens, and only their attention is their
 own (vLLM's mixed prefill/decode batches); a prompt that wants logits at every position (echo)
 still takes the model's forward.
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import Kernels
+from .cpu_kernels import DTYPES, Kernels
 from .cpu_linear import FusedMember, PackedLinear
 from .slot_cache import SlotCache
 
@@ -128,7 +129,7 @@ class FastDecoder:
         cos, sin = self.rotary(x[None], positions[None])  # [1, tokens, head_dim]
         rope = self.rope(cos[0], sin[0])
         if self.attention is None:
-            self.attention = decode_attention(x.dtype, heads, kv_heads, dim)
+            self.attention = decode_attention(x.dtype, heads, kv_heads, dim, self.kernels)
         mask = kv.mask_buf[:running, kv.start:end + 1]
         bias = self.attention.mask(mask)  # once per step, in the form the attention takes
         norms = [layer.norm1 for layer in self.layers[1:]] + [self.norm]
@@ -303,21 +304,51 @@ class FusedAttention(DecodeAttention):
         return out.reshape(rows, heads * dim)
 
 
+class KernelAttention(DecodeAttention):
+    """The C kernel (:meth:`handlers.cpu_kernels.Kernels.decode_attention`): each row's window read
+    once from the cache in its own dtype, float32 arithmetic in registers, one rounding at the end;
+    no float32 copy of the window (:class:`MatmulAttention`'s) and no flash-attention blocking built
+    for long queries (:class:`FusedAttention`'s). Single-threaded."""
+
+    name = "c"
+
+    def __init__(self, kernels: Kernels) -> None:
+        self.kernels = kernels
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor | None:
+        return None if bool(mask.all()) else mask.to(torch.uint8)  # [rows, columns], a contiguous copy
+
+    def __call__(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                 scale: float) -> torch.Tensor:
+        return self.kernels.decode_attention(q, keys, values, mask, scale)
+
+
 ATTENTIONS: dict[str, type[DecodeAttention]] = {cls.name: cls for cls in (MatmulAttention, FusedAttention)}
 _picked: dict[tuple, DecodeAttention] = {}
 
 
-def decode_attention(dtype: torch.dtype, heads: int, kv_heads: int, dim: int) -> DecodeAttention:
-    """The faster decode attention on this machine for these shapes, timed once per process (a few
-    tens of ms): 16 rows over 128 columns with some padding, each way in turns, best of three."""
-    key = (dtype, heads, kv_heads, dim)
+def attention_ways(dtype: torch.dtype, dim: int, kernels: Kernels | None = None) -> list[DecodeAttention]:
+    """The decode attentions that can run here: the two torch ways, and the C kernel where there are
+    kernels (and the head size is one it takes)."""
+    ways = [cls() for cls in ATTENTIONS.values()]
+    if kernels is not None and dtype in DTYPES and dim % 16 == 0 and dim <= 256:
+        ways.append(KernelAttention(kernels))
+    return ways
+
+
+def decode_attention(dtype: torch.dtype, heads: int, kv_heads: int, dim: int,
+                     kernels: Kernels | None = None) -> DecodeAttention:
+    """The fastest decode attention on this machine for these shapes (:func:`attention_ways`), timed
+    once per process (a few tens of ms): 16 rows over 128 columns with some padding, each way in
+    turns, best of three."""
+    key = (dtype, heads, kv_heads, dim, kernels is not None)
     if key not in _picked:
         rows, columns = 16, 128
         q = torch.randn(rows, heads, dim, dtype=dtype)
         keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=dtype) for _ in range(2))
         mask = torch.ones(rows, columns, dtype=torch.long)
         mask[::2, :columns // 4] = 0
-        ways = [cls() for cls in ATTENTIONS.values()]
+        ways = attention_ways(dtype, dim, kernels)
         best = {way.name: float("inf") for way in ways}
         with torch.inference_mode():
             for _ in range(3):

@@ -106,6 +106,35 @@ def test_a_rows_result_does_not_depend_on_the_other_rows(kernels, dtype):
         assert torch.equal(kernels.silu_mul(gate_up[r:r + 1].clone()), swiglu[r:r + 1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_attention_over_a_cache_window_matches_torchs(kernels, dtype):
+    """Grouped-query heads over a window of the cache (a strided view), padded rows masked, against
+    the float32 matmuls of fast_decode.MatmulAttention; a row's result independent of the others."""
+    from handlers.fast_decode import MatmulAttention
+
+    torch.manual_seed(3)
+    rows, heads, kv_heads, dim, cols = 5, 9, 3, 64, 40
+    q = torch.randn(rows, heads, dim).to(dtype)
+    cache_k, cache_v = torch.randn(8, kv_heads, 60, dim).to(dtype), torch.randn(8, kv_heads, 60, dim).to(dtype)
+    keys, values = cache_k[:rows, :, 10:10 + cols], cache_v[:rows, :, 10:10 + cols]
+    mask = torch.ones(rows, cols, dtype=torch.long)
+    mask[1, :7] = 0
+    mask[3, :30] = 0
+    torch_way = MatmulAttention()
+    for m in (mask, torch.ones_like(mask)):
+        expected = torch_way(q, keys, values, torch_way.mask(m), 0.125)
+        got = kernels.decode_attention(q, keys, values, None if bool(m.all()) else m.to(torch.uint8), 0.125)
+        torch.testing.assert_close(got, expected, **tolerance(dtype))
+    batch = kernels.decode_attention(q, keys, values, mask.to(torch.uint8), 0.125)
+    for r in range(rows):
+        one = kernels.decode_attention(q[r:r + 1], keys[r:r + 1], values[r:r + 1], mask[r:r + 1].to(torch.uint8), 0.125)
+        assert torch.equal(one, batch[r:r + 1])
+    nothing = torch.zeros(rows, cols, dtype=torch.uint8)
+    assert not kernels.decode_attention(q, keys, values, nothing, 0.125).any()  # no real column: zeros, not NaN
+    with pytest.raises(ValueError):
+        kernels.decode_attention(q[..., :24], keys[..., :24], values[..., :24], None, 0.125)  # a head size it does not take
+
+
 def test_arguments_the_c_code_cannot_take_are_refused(kernels):
     x = torch.randn(4, 8)
     with pytest.raises(ValueError):
@@ -153,3 +182,14 @@ def test_the_build_is_cached_and_no_compiler_means_none(kernels, tmp_path, monke
     monkeypatch.delenv("CC")
     folder.chmod(0o777)  # anyone could put a library here: not loaded
     assert fresh() is None
+
+
+def test_the_attention_runs_on_torchs_own_openmp_runtime(kernels):
+    """Linked to the libgomp torch loaded, not to a second copy: one thread team for both."""
+    runtime = cpu_kernels.openmp_runtime()
+    if runtime is None:
+        pytest.skip("torch runs on no GNU OpenMP runtime here: the kernels run on one thread")
+    assert kernels.openmp
+    loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+              if Path(line.split()[-1]).name.startswith("libgomp")}
+    assert loaded == {runtime}

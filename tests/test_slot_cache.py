@@ -6,8 +6,6 @@ model's own ``nn.Linear``."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from torch import nn
@@ -34,12 +32,13 @@ def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False, a
     """``attention``: the fast path's decode attention by name, instead of the one timed fastest here;
     ``kernels``: False for its torch ops instead of the C kernels (handlers/cpu_kernels.py)."""
     engine = Engine(handler, max_batch=4, slot_cache=slots, fast=fast)
-    if attention is not None:
-        assert engine.fast is not None
-        engine.fast.attention = fast_decode.ATTENTIONS[attention]()
     if not kernels:
         assert engine.fast is not None
         engine.fast.kernels = None
+    if attention is not None:
+        assert engine.fast is not None
+        ways = fast_decode.attention_ways(handler.model.dtype, engine.fast.head_dim, engine.fast.kernels)
+        engine.fast.attention = next(way for way in ways if way.name == attention)
     pending, seqs, step = list(PLAN), [], 0
     with torch.inference_mode():
         while pending or engine.has_work():
@@ -66,7 +65,9 @@ def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monke
     assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache and fast.fast is None
     assert got == expected
     # Whichever attention this machine's CPU runs faster, with the C kernels and with the torch ops.
-    for attention, kernels in itertools.product(fast_decode.ATTENTIONS, (True, False)):
+    ways = [(way.name, True) for way in fast_decode.attention_ways(torch.float32, 16, cpu_kernels.load())]
+    assert len(ways) == 2 + (cpu_kernels.load() is not None)  # the C kernel's attention where there are kernels
+    for attention, kernels in ways + [(name, False) for name in fast_decode.ATTENTIONS]:
         fastest, decoded = run_plan(h, True, ignore, fast=True, attention=attention, kernels=kernels)
         assert fastest.fast is not None  # both tiny models are Llama-shaped (Qwen2, Llama)
         assert (fastest.fast.kernels is not None) == (kernels and cpu_kernels.load() is not None)
@@ -175,10 +176,11 @@ def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
         inputs = engine.kv.decode_inputs()
         model = h.model(**inputs, use_cache=True).logits[:, -1].float()
         kernels = engine.fast.kernels
-        for (name, attention), fused in itertools.product(fast_decode.ATTENTIONS.items(), (kernels, None)):
-            engine.fast.attention, engine.fast.kernels = attention(), fused
-            torch.testing.assert_close(engine.fast(engine.kv).float(), model, atol=0.1, rtol=0.05,
-                                       msg=f"{name}, C kernels {fused is not None}")
+        for fused in (kernels, None):
+            for attention in fast_decode.attention_ways(torch.bfloat16, engine.fast.head_dim, fused):
+                engine.fast.attention, engine.fast.kernels = attention, fused
+                torch.testing.assert_close(engine.fast(engine.kv).float(), model, atol=0.1, rtol=0.05,
+                                           msg=f"{attention.name}, C kernels {fused is not None}")
 
 
 def test_packed_linear_layers_give_the_models_logits(tiny_models):

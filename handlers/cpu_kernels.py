@@ -242,6 +242,12 @@ class Kernels:
         self.calls["silu_mul", DTYPES[gate_up.dtype]](gate_up.data_ptr(), out.data_ptr(), rows, n, gate_up.stride(0), n)
         return out
 
+    @staticmethod
+    def takes_attention(heads: int, kv_heads: int, dim: int) -> bool:
+        """The head shapes the C attention has room for: a head size a multiple of 16 up to 256, at
+        most 16 query heads per key/value head (the C code's MAX_GROUP)."""
+        return kv_heads > 0 and heads % kv_heads == 0 and heads // kv_heads <= 16 and dim % 16 == 0 and 0 < dim <= 256
+
     def decode_attention(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
                          scale: float) -> torch.Tensor:
         """One query per row over its window: ``q`` [rows, heads, dim], ``keys`` and ``values`` [rows,
@@ -251,7 +257,7 @@ class Kernels:
         kv_heads, cols = keys.shape[1], keys.shape[2]
         _check(q, keys, values)
         _require(keys.shape == values.shape and keys.shape[0] == rows and keys.stride(2) == dim
-                 and values.stride(2) == dim and heads % kv_heads == 0 and dim % 16 == 0 and dim <= 256
+                 and values.stride(2) == dim and self.takes_attention(heads, kv_heads, dim)
                  and (mask is None or (mask.dtype == torch.uint8 and mask.shape == (rows, cols)
                                        and mask.stride(-1) == 1)))
         out = torch.empty((rows, heads * dim), dtype=q.dtype)

@@ -327,11 +327,12 @@ ATTENTIONS: dict[str, type[DecodeAttention]] = {cls.name: cls for cls in (Matmul
 _picked: dict[tuple, DecodeAttention] = {}
 
 
-def attention_ways(dtype: torch.dtype, dim: int, kernels: Kernels | None = None) -> list[DecodeAttention]:
+def attention_ways(dtype: torch.dtype, heads: int, kv_heads: int, dim: int,
+                   kernels: Kernels | None = None) -> list[DecodeAttention]:
     """The decode attentions that can run here: the two torch ways, and the C kernel where there are
-    kernels (and the head size is one it takes)."""
+    kernels and it takes these shapes (:meth:`Kernels.takes_attention`)."""
     ways = [cls() for cls in ATTENTIONS.values()]
-    if kernels is not None and dtype in DTYPES and dim % 16 == 0 and dim <= 256:
+    if kernels is not None and dtype in DTYPES and kernels.takes_attention(heads, kv_heads, dim):
         ways.append(KernelAttention(kernels))
     return ways
 
@@ -348,7 +349,7 @@ def decode_attention(dtype: torch.dtype, heads: int, kv_heads: int, dim: int,
         keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=dtype) for _ in range(2))
         mask = torch.ones(rows, columns, dtype=torch.long)
         mask[::2, :columns // 4] = 0
-        ways = attention_ways(dtype, dim, kernels)
+        ways = attention_ways(dtype, heads, kv_heads, dim, kernels)
         best = {way.name: float("inf") for way in ways}
         with torch.inference_mode():
             for _ in range(3):

@@ -133,6 +133,17 @@ def test_decode_attention_over_a_cache_window_matches_torchs(kernels, dtype):
     assert not kernels.decode_attention(q, keys, values, nothing, 0.125).any()  # no real column: zeros, not NaN
     with pytest.raises(ValueError):
         kernels.decode_attention(q[..., :24], keys[..., :24], values[..., :24], None, 0.125)  # a head size it does not take
+    # The shapes it refuses are those fast_decode never offers it for (one query head per row too many: MAX_GROUP).
+    assert kernels.takes_attention(16, 1, 64) and not kernels.takes_attention(17, 1, 64)
+    assert not kernels.takes_attention(9, 3, 24) and not kernels.takes_attention(9, 3, 512)
+    from handlers.fast_decode import attention_ways
+
+    assert [w.name for w in attention_ways(dtype, 32, 1, 64, kernels)] == ["matmul", "sdpa"]
+    assert [w.name for w in attention_ways(torch.float16, 9, 3, 64, kernels)] == ["matmul", "sdpa"]
+    assert [w.name for w in attention_ways(dtype, 9, 3, 64, kernels)] == ["matmul", "sdpa", "c"]
+    wide = torch.randn(1, 32, 64).to(dtype)
+    with pytest.raises(ValueError):
+        kernels.decode_attention(wide, keys[:1, :1], values[:1, :1], None, 0.125)  # 32 query heads on one: MAX_GROUP
 
 
 def test_arguments_the_c_code_cannot_take_are_refused(kernels):

@@ -37,7 +37,8 @@ def run_plan(handler, slots: bool, params: SamplingParams, fast: bool = False, a
         engine.fast.kernels = None
     if attention is not None:
         assert engine.fast is not None
-        ways = fast_decode.attention_ways(handler.model.dtype, engine.fast.head_dim, engine.fast.kernels)
+        fd = engine.fast
+        ways = fast_decode.attention_ways(handler.model.dtype, fd.heads, fd.kv_heads, fd.head_dim, fd.kernels)
         engine.fast.attention = next(way for way in ways if way.name == attention)
     pending, seqs, step = list(PLAN), [], 0
     with torch.inference_mode():
@@ -65,7 +66,7 @@ def test_slot_cache_gives_the_dynamic_caches_tokens(tiny_models, model_id, monke
     assert type(plain.kv) is BatchCache and type(fast.kv) is SlotCache and fast.fast is None
     assert got == expected
     # Whichever attention this machine's CPU runs faster, with the C kernels and with the torch ops.
-    ways = [(way.name, True) for way in fast_decode.attention_ways(torch.float32, 16, cpu_kernels.load())]
+    ways = [(way.name, True) for way in fast_decode.attention_ways(torch.float32, 4, 2, 16, cpu_kernels.load())]
     assert len(ways) == 2 + (cpu_kernels.load() is not None)  # the C kernel's attention where there are kernels
     for attention, kernels in ways + [(name, False) for name in fast_decode.ATTENTIONS]:
         fastest, decoded = run_plan(h, True, ignore, fast=True, attention=attention, kernels=kernels)
@@ -177,7 +178,8 @@ def test_fast_decode_on_packed_bf16_layers_gives_the_models_logits(tiny_models):
         model = h.model(**inputs, use_cache=True).logits[:, -1].float()
         kernels = engine.fast.kernels
         for fused in (kernels, None):
-            for attention in fast_decode.attention_ways(torch.bfloat16, engine.fast.head_dim, fused):
+            fd = engine.fast
+            for attention in fast_decode.attention_ways(torch.bfloat16, fd.heads, fd.kv_heads, fd.head_dim, fused):
                 engine.fast.attention, engine.fast.kernels = attention, fused
                 torch.testing.assert_close(engine.fast(engine.kv).float(), model, atol=0.1, rtol=0.05,
                                            msg=f"{attention.name}, C kernels {fused is not None}")

@@ -302,7 +302,10 @@ ATTEND_ONE(attend_one_bf16, uint16_t, bf16_load, bf16_round, widen_bf16)
     _Pragma("omp parallel num_threads(threads) if (threads > 1 && rows * kv_heads > 1)")                        \
     {                                                                                                           \
         float *scores = malloc((size_t)(group * cols + 1) * sizeof(float));                                     \
-        if (!scores) failed = 1;                                                                                \
+        if (!scores) {                                                                                          \
+            _Pragma("omp atomic write")                                                                         \
+            failed = 1;                                                                                         \
+        }                                                                                                       \
         _Pragma("omp for schedule(static)")                                                                     \
         for (int64_t task = 0; task < rows * kv_heads; task++) {                                                \
             if (!scores) continue;                                                                              \

@@ -92,13 +92,19 @@ def _cpu_flags() -> str:
 
 
 def openmp_runtime() -> str | None:
-    """The GNU OpenMP runtime this process runs torch's threads on (torch's own copy, loaded with
-    torch), or None (another runtime, or none: the kernels then run on one thread)."""
+    """The GNU OpenMP runtime torch's threads run on: the ``libgomp`` torch ships and loaded (under
+    its package folder, or the wheel's ``torch.libs``), or None (torch on another runtime, or none:
+    the kernels then run on one thread). Other packages may have loaded copies of their own
+    (scikit-learn's ``libgomp-<hash>.so``): linking to one of those would start a second team."""
+    own = Path(torch.__file__).resolve().parent
     try:
         for line in Path("/proc/self/maps").read_text().splitlines():
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if Path(path).name.startswith("libgomp") and ".so" in path:
-                return path
+            fields = line.split()
+            if len(fields) < 6 or not Path(fields[-1]).name.startswith("libgomp"):
+                continue
+            path = Path(fields[-1])
+            if path.parent == own / "lib" or path.parent == own.parent / "torch.libs":
+                return str(path)
     except OSError:
         pass
     return None
@@ -123,7 +129,9 @@ def _build() -> "Kernels | None":
         log.warning("CPU kernels: %s is not a folder only this user can write to; the decode step keeps its "
                     "torch ops (set LLMHOST_KERNEL_CACHE to one)", folder)
         return None
-    for openmp in ([True, False] if runtime else [False]):
+    # OpenMP only with GCC, whose -fopenmp emits the GOMP_* calls libgomp has (clang's emit __kmpc_*).
+    gcc = "Free Software Foundation" in version
+    for openmp in ([True, False] if runtime and gcc else [False]):
         target = folder / f"cpu_kernels-{key}{'-omp' if openmp else ''}.so"
         for attempt in (1, 2):
             if not target.exists() and not _compile(compiler, target, runtime if openmp else None):
@@ -131,9 +139,8 @@ def _build() -> "Kernels | None":
             try:
                 kernels = Kernels(ctypes.CDLL(str(target)), openmp)
             except OSError as exc:
-                if attempt == 2:
-                    raise
-                log.warning("CPU kernels: %s does not load (%s); building it again", target, exc)
+                log.warning("CPU kernels: %s does not load (%s)%s", target, exc,
+                            "; building it again" if attempt == 1 else "")
                 target.unlink(missing_ok=True)
                 continue
             log.info("CPU kernels: %s%s", target, f" (threads: OpenMP, {runtime})" if openmp else "")
@@ -256,7 +263,7 @@ class Kernels:
         rows, heads, dim = q.shape
         kv_heads, cols = keys.shape[1], keys.shape[2]
         _check(q, keys, values)
-        _require(keys.shape == values.shape and keys.shape[0] == rows and keys.stride(2) == dim
+        _require(keys.shape == values.shape and keys.shape[0] == rows and keys.shape[3] == dim and keys.stride(2) == dim
                  and values.stride(2) == dim and self.takes_attention(heads, kv_heads, dim)
                  and (mask is None or (mask.dtype == torch.uint8 and mask.shape == (rows, cols)
                                        and mask.stride(-1) == 1)))

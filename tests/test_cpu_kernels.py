@@ -129,6 +129,14 @@ def test_decode_attention_over_a_cache_window_matches_torchs(kernels, dtype):
     for r in range(rows):
         one = kernels.decode_attention(q[r:r + 1], keys[r:r + 1], values[r:r + 1], mask[r:r + 1].to(torch.uint8), 0.125)
         assert torch.equal(one, batch[r:r + 1])
+    for h, kvh, d in ((32, 4, 128), (16, 1, 80), (4, 4, 256)):  # the specialised 128, the general path
+        q2 = torch.randn(2, h, d).to(dtype)
+        k2, v2 = torch.randn(2, kvh, 33, d).to(dtype), torch.randn(2, kvh, 33, d).to(dtype)
+        torch.testing.assert_close(kernels.decode_attention(q2, k2, v2, None, d ** -0.5),
+                                   torch_way(q2, k2, v2, None, d ** -0.5), **tolerance(dtype))
+    narrow = torch.randn(2, 4, 33, 128).to(dtype)[..., :64]  # rows of 128, 64 of them in view
+    with pytest.raises(ValueError):
+        kernels.decode_attention(torch.randn(2, 4, 128).to(dtype), narrow, narrow, None, 0.125)  # keys narrower than q
     nothing = torch.zeros(rows, cols, dtype=torch.uint8)
     assert not kernels.decode_attention(q, keys, values, nothing, 0.125).any()  # no real column: zeros, not NaN
     with pytest.raises(ValueError):
@@ -201,6 +209,11 @@ def test_the_attention_runs_on_torchs_own_openmp_runtime(kernels):
     if runtime is None:
         pytest.skip("torch runs on no GNU OpenMP runtime here: the kernels run on one thread")
     assert kernels.openmp
-    loaded = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
-              if Path(line.split()[-1]).name.startswith("libgomp")}
-    assert loaded == {runtime}
+    torch_dir = Path(torch.__file__).resolve().parent
+    assert Path(runtime).parent in (torch_dir / "lib", torch_dir.parent / "torch.libs")  # torch's, not another package's
+    pytest.importorskip("sklearn")  # a package with a libgomp of its own, loaded after torch's
+
+    assert cpu_kernels.openmp_runtime() == runtime
+    built = [line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+             if Path(line.split()[-1]).name.startswith("cpu_kernels-")]
+    assert built and all(name.endswith("-omp.so") for name in built)

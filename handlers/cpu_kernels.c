@@ -1,5 +1,5 @@
-/* Fused elementwise kernels of the CPU decode step (handlers/fast_decode.py), for float32 and
- * bfloat16 rows. Built once per machine by handlers/cpu_kernels.py with the system's C compiler
+/* Fused kernels of the CPU decode step (handlers/fast_decode.py), for float32 and bfloat16 rows:
+ * its elementwise work and its attention. Built once per machine by handlers/cpu_kernels.py with the system's C compiler
  * (-O3 -march=native) and called through ctypes, which releases the GIL for the call.
  *
  * Each kernel does in one pass over a row what the eager step did in several torch ops, each with
@@ -8,10 +8,11 @@
  *
  * Arithmetic is float32 inside; a bfloat16 result is rounded once (round to nearest even, as torch
  * rounds). A row's result depends only on that row, never on how many rows are in the call: batched
- * and unbatched decoding stay token-for-token equal. Single-threaded: the work per call is a few
- * microseconds, less than waking a second thread. No OpenMP: a second OpenMP runtime beside torch's
- * would start its own threads. Reductions keep 16 partial sums so that the compiler vectorizes them
- * without -ffast-math.
+ * and unbatched decoding stay token-for-token equal. The elementwise kernels are single-threaded:
+ * their work per call is a few microseconds, less than waking a second thread. The attention shares
+ * its (row, head) pairs out on OpenMP threads, but only when this file is built against the OpenMP
+ * runtime torch loaded (handlers/cpu_kernels.py): a second runtime beside torch's would start its own
+ * threads. Reductions keep 16 partial sums so that the compiler vectorizes them without -ffast-math.
  */
 #include <math.h>
 #include <stdint.h>
@@ -48,6 +49,13 @@ static inline float lanes_sum(float *part) {
         for (int l = 0; l < width; l++) part[l] += part[l + width];
     return part[0];
 #endif
+}
+
+/* A row in float32. */
+static inline void widen_f32(float *restrict out, const float *restrict in, int64_t n) { memcpy(out, in, n * sizeof(float)); }
+
+static inline void widen_bf16(float *restrict out, const uint16_t *restrict in, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = bf16_load(in[i]);
 }
 
 static float sum_squares(const float *x, int64_t n) {
@@ -94,7 +102,7 @@ int add_rms_norm_bf16(uint16_t *x, const uint16_t *delta, const uint16_t *weight
                 scratch[i] = bf16_load(v);
             }
         } else {
-            for (int64_t i = 0; i < n; i++) scratch[i] = bf16_load(xr[i]);
+            widen_bf16(scratch, xr, n);
         }
         float rstd = 1.f / sqrtf(sum_squares(scratch, n) / (float)n + eps);
         uint16_t *o = out + r * out_stride;
@@ -243,11 +251,6 @@ static inline float softmax_numerators(float *restrict s, int64_t n, float top) 
     return total;
 }
 
-static inline void widen_f32(float *restrict out, const float *restrict in, int64_t n) { memcpy(out, in, n * sizeof(float)); }
-
-static inline void widen_bf16(float *restrict out, const uint16_t *restrict in, int64_t n) {
-    for (int64_t i = 0; i < n; i++) out[i] = bf16_load(in[i]);
-}
 
 /* One (row, key/value head): its `group` query heads over the row's columns. Always inlined, so
  * that a call with a constant dim (64, 128: the common head sizes) compiles to loops of known length

@@ -102,6 +102,8 @@ class FastDecoder:
         self.norm = (model.model.norm.weight, model.model.norm.variance_epsilon)
         self.lm_head = _linear(model.lm_head)
         self.layers = [_Layer(layer) for layer in model.model.layers]
+        # The norm after each layer's MLP: the next layer's input norm, after the last the final one.
+        self.next_norms = [layer.norm1 for layer in self.layers[1:]] + [self.norm]
         dtype = self.embed.weight.dtype
         # The C kernels where every tensor they take shares one dtype they have (a model whose norms
         # kept float32 weights beside bf16 activations keeps the torch ops).
@@ -132,7 +134,6 @@ class FastDecoder:
             self.attention = decode_attention(x.dtype, heads, kv_heads, dim, self.kernels)
         mask = kv.mask_buf[:running, kv.start:end + 1]
         bias = self.attention.mask(mask)  # once per step, in the form the attention takes
-        norms = [layer.norm1 for layer in self.layers[1:]] + [self.norm]
         h = self.add_norm(x, None, *self.layers[0].norm1)
         for i, layer in enumerate(self.layers):
             keys, values = kv.k[i], kv.v[i]
@@ -147,7 +148,7 @@ class FastDecoder:
                 outs.append(_prompt_attention(j, end, q[at:at + n], k[at:at + n], v[at:at + n], keys, values, causal,
                                               layer.scaling))
             h = self.add_norm(x, layer.o(outs[0] if len(outs) == 1 else torch.cat(outs)), *layer.norm2)
-            h = self.add_norm(x, layer.down(self.silu_mul(layer.gate_up(h))), *norms[i])  # the next layer's input (the last: the final norm)
+            h = self.add_norm(x, layer.down(self.silu_mul(layer.gate_up(h))), *self.next_norms[i])
         if joining:  # each row's last token
             last = list(range(running)) + [at + n - 1 for at, n, _ in spans]
             h = h[torch.tensor(last, device=dev)]
@@ -308,7 +309,8 @@ class KernelAttention(DecodeAttention):
     """The C kernel (:meth:`handlers.cpu_kernels.Kernels.decode_attention`): each row's window read
     once from the cache in its own dtype, float32 arithmetic in registers, one rounding at the end;
     no float32 copy of the window (:class:`MatmulAttention`'s) and no flash-attention blocking built
-    for long queries (:class:`FusedAttention`'s). Single-threaded."""
+    for long queries (:class:`FusedAttention`'s). Its (row, head) pairs run on torch's OpenMP threads
+    where the library is linked to torch's runtime (:func:`handlers.cpu_kernels.openmp_runtime`)."""
 
     name = "c"
 

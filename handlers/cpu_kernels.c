@@ -13,6 +13,9 @@
  * its (row, head) pairs out on OpenMP threads, but only when this file is built against the OpenMP
  * runtime torch loaded (handlers/cpu_kernels.py): a second runtime beside torch's would start its own
  * threads. Reductions keep 16 partial sums so that the compiler vectorizes them without -ffast-math.
+ * With AVX-512 the attention for head sizes 64 and 128 is written with intrinsics (ATTEND_FAST):
+ * 16 columns' scores at a time, accumulators in registers, and with AVX512-BF16 bfloat16 products
+ * summed by the dot-product instruction (products exact in float32, subnormal inputs read as zero).
  */
 #include <math.h>
 #include <stdint.h>
@@ -295,10 +298,176 @@ static inline float softmax_numerators(float *restrict s, int64_t n, float top) 
 ATTEND_ONE(attend_one_f32, float, F32_LOAD, F32_STORE, widen_f32)
 ATTEND_ONE(attend_one_bf16, uint16_t, bf16_load, bf16_round, widen_bf16)
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* With AVX-512, head sizes 64 and 128 take a path written for the registers (the loops above leave
+ * the compiler a horizontal sum per (head, column) and accumulators in memory):
+ *  - q . k for 16 columns at a time, each column's products as one register of partial sums (with
+ *    AVX512-BF16, bfloat16 pairs multiplied exactly and summed in float32 by one instruction), then
+ *    the 16 registers summed into one register of 16 scores by a transpose (46 instructions, where
+ *    16 separate horizontal sums take ~130); a block whose 16 columns are all masked is skipped;
+ *  - p . v with up to 4 (dim 64) or 2 (dim 128) query heads' accumulators in registers, each value
+ *    row read and widened once for them all; the softmax's division applied once to the result.
+ * The same float32 arithmetic as the loops above, in another order; a row's result still depends
+ * only on that row. */
+#define FAST_ATTENTION 1
+
+/* Lane j of the result: the sum of the 16 lanes of s[j]. */
+static inline __attribute__((always_inline)) __m512 sum16(const __m512 *s) {
+    __m512 t[8], u[4], v[2];
+    for (int i = 0; i < 8; i++) /* lanes 0-7: s[2i] folded to 8; lanes 8-15: s[2i+1] */
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; i++) /* quad k: s[4i+k] folded to 4 */
+        u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+    for (int i = 0; i < 2; i++) /* quad k: s[8i+k] folded to 2, then s[8i+4+k] */
+        v[i] = _mm512_add_ps(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane 4k+n: the sum of s[4n+k] */
+    __m512 w = _mm512_add_ps(_mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_ps(v[0], v[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), w);
+}
+
+static inline __m512 load16_f32(const float *x) { return _mm512_loadu_ps(x); }
+
+static inline __m512 load16_bf16(const uint16_t *x) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)x)), 16));
+}
+
+/* Partial sums of q . k (dim a multiple of 32 for bfloat16 pairs): one register, summed by sum16. */
+static inline __attribute__((always_inline)) __m512 qk_f32(const float *q, const float *k, int64_t dim) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), acc);
+    return acc;
+}
+
+static inline __attribute__((always_inline)) __m512 qk_bf16(const uint16_t *q, const uint16_t *k, int64_t dim) {
+    __m512 acc = _mm512_setzero_ps();
+#if defined(__AVX512BF16__)
+    for (int64_t d = 0; d < dim; d += 32)
+        acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(q + d), (__m512bh)_mm512_loadu_si512(k + d));
+#else
+    for (int64_t d = 0; d < dim; d += 16) acc = _mm512_fmadd_ps(load16_bf16(q + d), load16_bf16(k + d), acc);
+#endif
+    return acc;
+}
+
+/* p . v for heads [0, HB) of the group at once (p: their unnormalised softmax numerators, one row of
+ * `cols` each; inv: 1 / their sums), accumulators in registers; written to o (dim per head). */
+#define PV_HEADS(NAME, T, LOAD16, STORE, D, HB)                                                                 \
+    static inline __attribute__((always_inline)) void NAME(const T *vb, const uint8_t *m, int64_t cols,         \
+                                                           const float *p, const float *inv, T *o) {            \
+        __m512 acc[HB][D / 16];                                                                                 \
+        for (int h = 0; h < HB; h++)                                                                            \
+            for (int j = 0; j < D / 16; j++) acc[h][j] = _mm512_setzero_ps();                                   \
+        for (int64_t c = 0; c < cols; c++) {                                                                    \
+            if (m && !m[c]) continue; /* never read: a padding column may hold anything, NaN included */       \
+            __m512 v[D / 16];                                                                                   \
+            for (int j = 0; j < D / 16; j++) v[j] = LOAD16(vb + c * D + 16 * j);                                 \
+            for (int h = 0; h < HB; h++) {                                                                      \
+                __m512 ph = _mm512_set1_ps(p[h * cols + c]);                                                    \
+                for (int j = 0; j < D / 16; j++) acc[h][j] = _mm512_fmadd_ps(ph, v[j], acc[h][j]);              \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int h = 0; h < HB; h++) {                                                                          \
+            float out[D];                                                                                       \
+            for (int j = 0; j < D / 16; j++) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(acc[h][j], _mm512_set1_ps(inv[h]))); \
+            for (int d = 0; d < D; d++) o[h * D + d] = STORE(out[d]);                                           \
+        }                                                                                                       \
+    }
+
+#define PV_ALL(T, LOAD16, STORE, SUFFIX)                                                                        \
+    PV_HEADS(pv64x1_##SUFFIX, T, LOAD16, STORE, 64, 1)                                                          \
+    PV_HEADS(pv64x2_##SUFFIX, T, LOAD16, STORE, 64, 2)                                                          \
+    PV_HEADS(pv64x3_##SUFFIX, T, LOAD16, STORE, 64, 3)                                                          \
+    PV_HEADS(pv64x4_##SUFFIX, T, LOAD16, STORE, 64, 4)                                                          \
+    PV_HEADS(pv128x1_##SUFFIX, T, LOAD16, STORE, 128, 1)                                                        \
+    PV_HEADS(pv128x2_##SUFFIX, T, LOAD16, STORE, 128, 2)
+PV_ALL(float, load16_f32, F32_STORE, f32)
+PV_ALL(uint16_t, load16_bf16, bf16_round, bf16)
+
+/* One (row, key/value head) for dim D (64 or 128): as ATTEND_ONE's, on the registers. */
+#define ATTEND_FAST(NAME, T, QK, SUFFIX, D)                                                                     \
+    static void NAME(const T *q, int64_t q_head, const T *kb, const T *vb, const uint8_t *m, int64_t cols,      \
+                     int64_t group, float scale, float *scores, T *o) {                                         \
+        __m512 best[MAX_GROUP];                                                                                 \
+        float inv[MAX_GROUP];                                                                                   \
+        for (int64_t g = 0; g < group; g++) best[g] = _mm512_set1_ps(-INFINITY);                               \
+        const __m512 none = _mm512_set1_ps(-INFINITY), scaled = _mm512_set1_ps(scale);                          \
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {                                                             \
+            int64_t n = cols - c0 < 16 ? cols - c0 : 16;                                                        \
+            __mmask16 valid = (__mmask16)(n == 16 ? 0xFFFFu : (1u << n) - 1u), real = valid;                     \
+            if (m) {                                                                                            \
+                __m128i bytes = _mm_maskz_loadu_epi8(valid, m + c0);                                            \
+                real = _mm_test_epi8_mask(bytes, bytes);                                                        \
+            }                                                                                                   \
+            for (int64_t g = 0; g < group; g++) {                                                               \
+                __m512 s = none;                                                                                \
+                if (real) {                                                                                     \
+                    __m512 part[16];                                                                            \
+                    for (int j = 0; j < 16; j++)                                                                \
+                        part[j] = j < n ? QK(q + g * q_head, kb + (c0 + j) * D, D) : _mm512_setzero_ps();         \
+                    s = _mm512_mask_mul_ps(none, real, sum16(part), scaled);                                    \
+                    best[g] = _mm512_max_ps(best[g], s);                                                        \
+                }                                                                                               \
+                _mm512_mask_storeu_ps(scores + g * cols + c0, valid, s);                                        \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int64_t g = 0; g < group; g++) {                                                                   \
+            float top = _mm512_reduce_max_ps(best[g]);                                                          \
+            float total = top == -INFINITY ? 0.f : softmax_numerators(scores + g * cols, cols, top);            \
+            inv[g] = total > 0.f ? 1.f / total : 0.f;                                                           \
+        }                                                                                                       \
+        for (int64_t g = 0; g < group;) { /* the heads in blocks of 4 (dim 64) or 2 (dim 128), then the rest */ \
+            const float *p = scores + g * cols;                                                                 \
+            int64_t left = group - g;                                                                           \
+            if (D == 64) {                                                                                      \
+                int64_t hb = left < 4 ? left : 4;                                                               \
+                switch (hb) {                                                                                   \
+                case 4: pv64x4_##SUFFIX(vb, m, cols, p, inv + g, o + g * D); break;                             \
+                case 3: pv64x3_##SUFFIX(vb, m, cols, p, inv + g, o + g * D); break;                             \
+                case 2: pv64x2_##SUFFIX(vb, m, cols, p, inv + g, o + g * D); break;                             \
+                default: pv64x1_##SUFFIX(vb, m, cols, p, inv + g, o + g * D);                                   \
+                }                                                                                               \
+                g += hb;                                                                                        \
+            } else {                                                                                            \
+                int64_t hb = left < 2 ? left : 2;                                                               \
+                if (hb == 2) pv128x2_##SUFFIX(vb, m, cols, p, inv + g, o + g * D);                              \
+                else pv128x1_##SUFFIX(vb, m, cols, p, inv + g, o + g * D);                                      \
+                g += hb;                                                                                        \
+            }                                                                                                   \
+        }                                                                                                       \
+    }
+ATTEND_FAST(attend64_f32, float, qk_f32, f32, 64)
+ATTEND_FAST(attend128_f32, float, qk_f32, f32, 128)
+ATTEND_FAST(attend64_bf16, uint16_t, qk_bf16, bf16, 64)
+ATTEND_FAST(attend128_bf16, uint16_t, qk_bf16, bf16, 128)
+#endif
+
+/* The register path for this head size when there is one (returns 1), else 0: ATTEND_ONE's. */
+#define ATTEND_FAST_OR_NOT(NAME, T, SUFFIX)                                                                     \
+    static inline int NAME(int64_t dim, const T *q, int64_t q_head, const T *kb, const T *vb, const uint8_t *m,  \
+                           int64_t cols, int64_t group, float scale, float *scores, T *o) {                     \
+        FAST_CASES(SUFFIX)                                                                                      \
+        (void)dim, (void)q, (void)q_head, (void)kb, (void)vb, (void)m, (void)cols, (void)group, (void)scale,    \
+            (void)scores, (void)o;                                                                              \
+        return 0;                                                                                               \
+    }
+#ifdef FAST_ATTENTION
+#define FAST_CASES(SUFFIX)                                                                                      \
+    if (dim == 64) { attend64_##SUFFIX(q, q_head, kb, vb, m, cols, group, scale, scores, o); return 1; }        \
+    if (dim == 128) { attend128_##SUFFIX(q, q_head, kb, vb, m, cols, group, scale, scores, o); return 1; }
+#else
+#define FAST_CASES(SUFFIX)
+#endif
+ATTEND_FAST_OR_NOT(attend_fast_f32, float, f32)
+ATTEND_FAST_OR_NOT(attend_fast_bf16, uint16_t, bf16)
+
 /* The (row, key/value head) pairs are shared out among `threads` threads of the OpenMP runtime torch
  * itself runs on (handlers/cpu_kernels.py links this library to that one: the same thread team, not
  * a second one beside it); built without OpenMP, one thread. */
-#define ATTENTION_BODY(ONE)                                                                                     \
+#define ATTENTION_BODY(ONE, FAST)                                                                                     \
     int64_t group = heads / kv_heads;                                                                           \
     if (dim % LANES || dim > 256 || group > MAX_GROUP || group * kv_heads != heads) return -2;                  \
     int failed = 0;                                                                                             \
@@ -314,6 +483,10 @@ ATTEND_ONE(attend_one_bf16, uint16_t, bf16_load, bf16_round, widen_bf16)
             if (!scores) continue;                                                                              \
             int64_t r = task / kv_heads, kh = task % kv_heads;                                                  \
             const uint8_t *m = mask ? mask + r * mask_row : NULL;                                               \
+            if (FAST(dim, q + r * q_row + kh * group * q_head, q_head, keys + r * k_row + kh * k_head,          \
+                     values + r * v_row + kh * v_head, m, cols, group, scale, scores,                           \
+                     out + r * out_row + kh * group * dim))                                                     \
+                continue;                                                                                       \
             switch (dim) {                                                                                      \
             case 64:                                                                                            \
                 ONE(q + r * q_row + kh * group * q_head, q_head, keys + r * k_row + kh * k_head,                \
@@ -340,12 +513,12 @@ int decode_attention_f32(const float *q, int64_t rows, int64_t heads, int64_t kv
                          int64_t q_head, const float *keys, int64_t k_row, int64_t k_head, const float *values,
                          int64_t v_row, int64_t v_head, int64_t cols, const uint8_t *mask, int64_t mask_row,
                          float scale, float *out, int64_t out_row, int threads) {
-    ATTENTION_BODY(attend_one_f32)
+    ATTENTION_BODY(attend_one_f32, attend_fast_f32)
 }
 
 int decode_attention_bf16(const uint16_t *q, int64_t rows, int64_t heads, int64_t kv_heads, int64_t dim,
                           int64_t q_row, int64_t q_head, const uint16_t *keys, int64_t k_row, int64_t k_head,
                           const uint16_t *values, int64_t v_row, int64_t v_head, int64_t cols, const uint8_t *mask,
                           int64_t mask_row, float scale, uint16_t *out, int64_t out_row, int threads) {
-    ATTENTION_BODY(attend_one_bf16)
+    ATTENTION_BODY(attend_one_bf16, attend_fast_bf16)
 }

@@ -310,7 +310,10 @@ class KernelAttention(DecodeAttention):
     once from the cache in its own dtype, float32 arithmetic in registers, one rounding at the end;
     no float32 copy of the window (:class:`MatmulAttention`'s) and no flash-attention blocking built
     for long queries (:class:`FusedAttention`'s). Its (row, head) pairs run on torch's OpenMP threads
-    where the library is linked to torch's runtime (:func:`handlers.cpu_kernels.openmp_runtime`)."""
+    where the library is linked to torch's runtime (:func:`handlers.cpu_kernels.openmp_runtime`).
+    With AVX-512, head sizes 64 and 128 take a path written for the registers: 16 columns' scores
+    at a time, up to 4 heads' accumulators at once, bfloat16 products by AVX512-BF16's dot-product
+    instruction where the CPU has it (on the AMX machine 1.7x faster than SDPA at 32 rows)."""
 
     name = "c"
 

@@ -154,6 +154,39 @@ def test_decode_attention_over_a_cache_window_matches_torchs(kernels, dtype):
         kernels.decode_attention(wide, keys[:1, :1], values[:1, :1], None, 0.125)  # 32 query heads on one: MAX_GROUP
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_attention_for_every_group_and_window_shape(kernels, dtype):
+    """Head sizes 64 and 128 (the register path with AVX-512: 16 columns a block, 1-4 heads'
+    accumulators at once) with every group size from 1 to 16, windows shorter than a block, ending
+    mid-block and on a block's edge, a whole block of padding, and padding columns holding NaN and
+    infinity (never read into a real row's result)."""
+    from handlers.fast_decode import MatmulAttention
+
+    torch.manual_seed(5)
+    torch_way = MatmulAttention()
+    for dim in (64, 128):
+        for group in range(1, 17):
+            kv_heads = 2 if group < 9 else 1
+            for cols in (1, 15, 16, 37):
+                rows = 4
+                q = torch.randn(rows, group * kv_heads, dim).to(dtype)
+                keys, values = (torch.randn(rows, kv_heads, cols, dim).to(dtype) for _ in range(2))
+                mask = torch.ones(rows, cols, dtype=torch.long)
+                if cols > 1:
+                    mask[1, : cols - 1] = 0  # one real column
+                    mask[2, : min(cols - 1, 16)] = 0  # a whole block of padding (with 37 columns)
+                padding = (mask == 0).unsqueeze(1).unsqueeze(-1).expand_as(keys)
+                keys, values = keys.masked_fill(padding, float("nan")), values.masked_fill(padding, float("inf"))
+                got = kernels.decode_attention(q, keys, values, mask.to(torch.uint8), dim ** -0.5)
+                clean_k, clean_v = keys.masked_fill(padding, 0), values.masked_fill(padding, 0)
+                expected = torch_way(q, clean_k, clean_v, torch_way.mask(mask), dim ** -0.5)
+                assert not got.isnan().any(), (dim, group, cols)
+                shape = f"dim {dim}, group {group}, {cols} columns"
+                torch.testing.assert_close(got, expected, **tolerance(dtype), msg=lambda m, shape=shape: f"{shape}: {m}")
+                one = kernels.decode_attention(q[2:3], keys[2:3], values[2:3], mask[2:3].to(torch.uint8), dim ** -0.5)
+                assert torch.equal(one, got[2:3])
+
+
 def test_arguments_the_c_code_cannot_take_are_refused(kernels):
     x = torch.randn(4, 8)
     with pytest.raises(ValueError):

@@ -236,9 +236,16 @@ static inline void axpy(float *restrict y, float p, const float *restrict x, int
     for (int64_t i = 0; i < n; i++) y[i] += p * x[i];
 }
 
-/* s[c] = exp(s[c] - top) (a masked column's -inf gives 0); returns their sum (LANES partial sums). */
-static inline float softmax_numerators(float *restrict s, int64_t n, float top) {
+/* s[c] = exp(s[c] - top) for c in [first, n), 0 before first (a masked column's -inf gives 0 too);
+ * returns their sum. The LANES partial sums are counted from `first`, the row's first real column:
+ * the slot cache right-aligns its rows, so a row's left padding (where `first` lies) is set by the
+ * longest row in the batch, and lanes counted from column 0 would round the sum differently in
+ * another batch (batched greedy must stay unbatched greedy, bit for bit). */
+static inline float softmax_numerators(float *restrict s, int64_t n, float top, int64_t first) {
     float part[LANES] = {0};
+    for (int64_t c = 0; c < first; c++) s[c] = 0.f;
+    s += first;
+    n -= first;
     int64_t c = 0;
     for (; c + LANES <= n; c += LANES)
         for (int l = 0; l < LANES; l++) {
@@ -252,6 +259,15 @@ static inline float softmax_numerators(float *restrict s, int64_t n, float top) 
         total += s[c];
     }
     return total;
+}
+
+/* The first real column of a row (its mask's first nonzero byte), or n when there is none; 0
+ * without a mask. */
+static inline int64_t first_real(const uint8_t *m, int64_t n) {
+    int64_t c = 0;
+    if (m)
+        while (c < n && !m[c]) c++;
+    return c;
 }
 
 
@@ -280,9 +296,10 @@ static inline float softmax_numerators(float *restrict s, int64_t n, float top) 
                 best[g] = s > best[g] ? s : best[g];                                                            \
             }                                                                                                   \
         }                                                                                                       \
+        int64_t first = first_real(m, cols);                                                                    \
         for (int64_t g = 0; g < group; g++) {                                                                   \
             float *sg = scores + g * cols;                                                                      \
-            float total = best[g] == -INFINITY ? 0.f : softmax_numerators(sg, cols, best[g]);                  \
+            float total = best[g] == -INFINITY ? 0.f : softmax_numerators(sg, cols, best[g], first);           \
             float inv = total > 0.f ? 1.f / total : 0.f;                                                        \
             for (int64_t c = 0; c < cols; c++) sg[c] *= inv;                                                    \
         }                                                                                                       \
@@ -306,9 +323,11 @@ ATTEND_ONE(attend_one_bf16, uint16_t, bf16_load, bf16_round, widen_bf16)
  *    the 16 registers summed into one register of 16 scores by a transpose (46 instructions, where
  *    16 separate horizontal sums take ~130); a block whose 16 columns are all masked is skipped;
  *  - p . v with up to 4 (dim 64) or 2 (dim 128) query heads' accumulators in registers, each value
- *    row read and widened once for them all; the softmax's division applied once to the result.
+ *    row read and widened once for them all.
  * The same float32 arithmetic as the loops above, in another order; a row's result still depends
- * only on that row. */
+ * only on that row, not on the left padding the longest row in the batch gives it (each column's
+ * score is summed the same way wherever it falls in a block; softmax_numerators counts from the
+ * row's first real column). */
 #define FAST_ATTENTION 1
 
 /* Lane j of the result: the sum of the 16 lanes of s[j]. */
@@ -354,10 +373,10 @@ static inline __attribute__((always_inline)) __m512 qk_bf16(const uint16_t *q, c
 }
 
 /* p . v for heads [0, HB) of the group at once (p: their unnormalised softmax numerators, one row of
- * `cols` each; inv: 1 / their sums), accumulators in registers; written to o (dim per head). */
+ * `cols` each, already divided by their sums), accumulators in registers; written to o (dim per head). */
 #define PV_HEADS(NAME, T, LOAD16, STORE, D, HB)                                                                 \
     static inline __attribute__((always_inline)) void NAME(const T *vb, const uint8_t *m, int64_t cols,         \
-                                                           const float *p, const float *inv, T *o) {            \
+                                                           const float *p, T *o) {                              \
         __m512 acc[HB][D / 16];                                                                                 \
         for (int h = 0; h < HB; h++)                                                                            \
             for (int j = 0; j < D / 16; j++) acc[h][j] = _mm512_setzero_ps();                                   \
@@ -372,7 +391,7 @@ static inline __attribute__((always_inline)) __m512 qk_bf16(const uint16_t *q, c
         }                                                                                                       \
         for (int h = 0; h < HB; h++) {                                                                          \
             float out[D];                                                                                       \
-            for (int j = 0; j < D / 16; j++) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(acc[h][j], _mm512_set1_ps(inv[h]))); \
+            for (int j = 0; j < D / 16; j++) _mm512_storeu_ps(out + 16 * j, acc[h][j]);                          \
             for (int d = 0; d < D; d++) o[h * D + d] = STORE(out[d]);                                           \
         }                                                                                                       \
     }
@@ -392,7 +411,6 @@ PV_ALL(uint16_t, load16_bf16, bf16_round, bf16)
     static void NAME(const T *q, int64_t q_head, const T *kb, const T *vb, const uint8_t *m, int64_t cols,      \
                      int64_t group, float scale, float *scores, T *o) {                                         \
         __m512 best[MAX_GROUP];                                                                                 \
-        float inv[MAX_GROUP];                                                                                   \
         for (int64_t g = 0; g < group; g++) best[g] = _mm512_set1_ps(-INFINITY);                               \
         const __m512 none = _mm512_set1_ps(-INFINITY), scaled = _mm512_set1_ps(scale);                          \
         for (int64_t c0 = 0; c0 < cols; c0 += 16) {                                                             \
@@ -414,10 +432,12 @@ PV_ALL(uint16_t, load16_bf16, bf16_round, bf16)
                 _mm512_mask_storeu_ps(scores + g * cols + c0, valid, s);                                        \
             }                                                                                                   \
         }                                                                                                       \
+        int64_t first = first_real(m, cols);                                                                    \
         for (int64_t g = 0; g < group; g++) {                                                                   \
             float top = _mm512_reduce_max_ps(best[g]);                                                          \
-            float total = top == -INFINITY ? 0.f : softmax_numerators(scores + g * cols, cols, top);            \
-            inv[g] = total > 0.f ? 1.f / total : 0.f;                                                           \
+            float total = top == -INFINITY ? 0.f : softmax_numerators(scores + g * cols, cols, top, first);     \
+            float inv = total > 0.f ? 1.f / total : 0.f, *sg = scores + g * cols;                               \
+            for (int64_t c = first; c < cols; c++) sg[c] *= inv; /* before p . v: no sum of unscaled products */ \
         }                                                                                                       \
         for (int64_t g = 0; g < group;) { /* the heads in blocks of 4 (dim 64) or 2 (dim 128), then the rest */ \
             const float *p = scores + g * cols;                                                                 \
@@ -425,16 +445,16 @@ PV_ALL(uint16_t, load16_bf16, bf16_round, bf16)
             if (D == 64) {                                                                                      \
                 int64_t hb = left < 4 ? left : 4;                                                               \
                 switch (hb) {                                                                                   \
-                case 4: pv64x4_##SUFFIX(vb, m, cols, p, inv + g, o + g * D); break;                             \
-                case 3: pv64x3_##SUFFIX(vb, m, cols, p, inv + g, o + g * D); break;                             \
-                case 2: pv64x2_##SUFFIX(vb, m, cols, p, inv + g, o + g * D); break;                             \
-                default: pv64x1_##SUFFIX(vb, m, cols, p, inv + g, o + g * D);                                   \
+                case 4: pv64x4_##SUFFIX(vb, m, cols, p, o + g * D); break;                             \
+                case 3: pv64x3_##SUFFIX(vb, m, cols, p, o + g * D); break;                             \
+                case 2: pv64x2_##SUFFIX(vb, m, cols, p, o + g * D); break;                             \
+                default: pv64x1_##SUFFIX(vb, m, cols, p, o + g * D);                                   \
                 }                                                                                               \
                 g += hb;                                                                                        \
             } else {                                                                                            \
                 int64_t hb = left < 2 ? left : 2;                                                               \
-                if (hb == 2) pv128x2_##SUFFIX(vb, m, cols, p, inv + g, o + g * D);                              \
-                else pv128x1_##SUFFIX(vb, m, cols, p, inv + g, o + g * D);                                      \
+                if (hb == 2) pv128x2_##SUFFIX(vb, m, cols, p, o + g * D);                              \
+                else pv128x1_##SUFFIX(vb, m, cols, p, o + g * D);                                      \
                 g += hb;                                                                                        \
             }                                                                                                   \
         }                                                                                                       \

@@ -187,6 +187,27 @@ def test_decode_attention_for_every_group_and_window_shape(kernels, dtype):
                 assert torch.equal(one, got[2:3])
 
 
+@pytest.mark.parametrize("dim", [64, 80, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_rows_attention_does_not_depend_on_its_left_padding(kernels, dtype, dim):
+    """The slot cache right-aligns its rows, so a row's left padding is set by the longest row in
+    the batch: its result must be the same bits whatever that padding (batched greedy must stay
+    unbatched greedy), in the register path (64, 128) and the loops (80)."""
+    torch.manual_seed(11)
+    length, heads, kv_heads = 45, 9, 3
+    q = torch.randn(1, heads, dim).to(dtype)
+    k, v = torch.randn(1, kv_heads, length, dim).to(dtype), torch.randn(1, kv_heads, length, dim).to(dtype)
+    results = []
+    for pad in range(0, 35):
+        keys = torch.cat([torch.randn(1, kv_heads, pad, dim).to(dtype), k], dim=2)
+        values = torch.cat([torch.randn(1, kv_heads, pad, dim).to(dtype), v], dim=2)
+        mask = torch.ones(1, pad + length, dtype=torch.uint8)
+        mask[0, :pad] = 0
+        results.append(kernels.decode_attention(q, keys, values, mask if pad else None, dim ** -0.5))
+    for pad, got in enumerate(results):
+        assert torch.equal(got, results[0]), f"{pad} padding columns changed the result"
+
+
 def test_arguments_the_c_code_cannot_take_are_refused(kernels):
     x = torch.randn(4, 8)
     with pytest.raises(ValueError):

@@ -372,8 +372,9 @@ static inline __attribute__((always_inline)) __m512 qk_bf16(const uint16_t *q, c
     return acc;
 }
 
-/* p . v for heads [0, HB) of the group at once (p: their unnormalised softmax numerators, one row of
- * `cols` each, already divided by their sums), accumulators in registers; written to o (dim per head). */
+/* p . v for heads [0, HB) of the group at once (p: their softmax probabilities, one row of `cols`
+ * each: the numerators already divided by their sums), accumulators in registers; written to o
+ * (dim per head). */
 #define PV_HEADS(NAME, T, LOAD16, STORE, D, HB)                                                                 \
     static inline __attribute__((always_inline)) void NAME(const T *vb, const uint8_t *m, int64_t cols,         \
                                                            const float *p, T *o) {                              \

@@ -8,11 +8,11 @@
  *
  * Arithmetic is float32 inside; a bfloat16 result is rounded once (round to nearest even, as torch
  * rounds). A row's result depends only on that row, never on how many rows are in the call: batched
- * and unbatched decoding stay token-for-token equal. The attention shares its (row, head) pairs out
- * on OpenMP threads, and add + RMSNorm and SiLU·up their rows once a call holds PARALLEL_MIN
- * elements (below that, a call is a few microseconds: less than waking a second thread), but only
- * when this file is built against the OpenMP runtime torch loaded (handlers/cpu_kernels.py): a
- * second runtime beside torch's would start its own threads. Reductions keep 16 partial sums so that the compiler vectorizes them without -ffast-math.
+ * and unbatched decoding stay token-for-token equal. The elementwise kernels are single-threaded:
+ * their work per call is a few microseconds, less than waking a second thread. The attention shares
+ * its (row, head) pairs out on OpenMP threads, but only when this file is built against the OpenMP
+ * runtime torch loaded (handlers/cpu_kernels.py): a second runtime beside torch's would start its own
+ * threads. Reductions keep 16 partial sums so that the compiler vectorizes them without -ffast-math.
  * With AVX-512 the attention for head sizes 64 and 128 is written with intrinsics (ATTEND_FAST):
  * 16 columns' scores at a time, accumulators in registers, and with AVX512-BF16 bfloat16 products
  * summed by the dot-product instruction (products exact in float32, subnormal inputs read as zero).
@@ -26,7 +26,6 @@
 #endif
 
 #define LANES 16
-#define PARALLEL_MIN 32768 /* elements in a call from which the elementwise kernels share out their rows */
 
 static inline float bf16_load(uint16_t b) {
     uint32_t u = (uint32_t)b << 16;
@@ -78,9 +77,7 @@ static float sum_squares(const float *x, int64_t n) {
  *   out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight
  * Strides are in elements between rows; each row is contiguous. Returns 0, or -1 when out of memory. */
 int add_rms_norm_f32(float *x, const float *delta, const float *weight, float *out, int64_t rows, int64_t n,
-                     int64_t x_stride, int64_t delta_stride, int64_t out_stride, float eps, int threads) {
-    (void)threads;
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * n >= PARALLEL_MIN)")
+                     int64_t x_stride, int64_t delta_stride, int64_t out_stride, float eps) {
     for (int64_t r = 0; r < rows; r++) {
         float *xr = x + r * x_stride;
         if (delta) {
@@ -95,37 +92,27 @@ int add_rms_norm_f32(float *x, const float *delta, const float *weight, float *o
 }
 
 int add_rms_norm_bf16(uint16_t *x, const uint16_t *delta, const uint16_t *weight, uint16_t *out, int64_t rows,
-                      int64_t n, int64_t x_stride, int64_t delta_stride, int64_t out_stride, float eps, int threads) {
-    int failed = 0;
-    (void)threads;
-    _Pragma("omp parallel num_threads(threads) if (threads > 1 && rows * n >= PARALLEL_MIN)")
-    {
-        float *scratch = malloc((size_t)n * sizeof(float)); /* the row in float32, after the add's rounding */
-        if (!scratch) {
-            _Pragma("omp atomic write")
-            failed = 1;
-        }
-        _Pragma("omp for schedule(static)")
-        for (int64_t r = 0; r < rows; r++) {
-            if (!scratch) continue;
-            uint16_t *xr = x + r * x_stride;
-            if (delta) {
-                const uint16_t *dr = delta + r * delta_stride;
-                for (int64_t i = 0; i < n; i++) {
-                    uint16_t v = bf16_round(bf16_load(xr[i]) + bf16_load(dr[i]));
-                    xr[i] = v;
-                    scratch[i] = bf16_load(v);
-                }
-            } else {
-                widen_bf16(scratch, xr, n);
+                      int64_t n, int64_t x_stride, int64_t delta_stride, int64_t out_stride, float eps) {
+    float *scratch = malloc((size_t)n * sizeof(float)); /* the row in float32, after the add's rounding */
+    if (!scratch) return -1;
+    for (int64_t r = 0; r < rows; r++) {
+        uint16_t *xr = x + r * x_stride;
+        if (delta) {
+            const uint16_t *dr = delta + r * delta_stride;
+            for (int64_t i = 0; i < n; i++) {
+                uint16_t v = bf16_round(bf16_load(xr[i]) + bf16_load(dr[i]));
+                xr[i] = v;
+                scratch[i] = bf16_load(v);
             }
-            float rstd = 1.f / sqrtf(sum_squares(scratch, n) / (float)n + eps);
-            uint16_t *o = out + r * out_stride;
-            for (int64_t i = 0; i < n; i++) o[i] = bf16_round(scratch[i] * rstd * bf16_load(weight[i]));
+        } else {
+            widen_bf16(scratch, xr, n);
         }
-        free(scratch);
+        float rstd = 1.f / sqrtf(sum_squares(scratch, n) / (float)n + eps);
+        uint16_t *o = out + r * out_stride;
+        for (int64_t i = 0; i < n; i++) o[i] = bf16_round(scratch[i] * rstd * bf16_load(weight[i]));
     }
-    return failed ? -1 : 0;
+    free(scratch);
+    return 0;
 }
 
 /* Rotary embedding in place on the first `rot_heads` heads of each token's row of qkv (the query
@@ -204,10 +191,7 @@ static inline float exp_f32(float x) {
 
 /* SwiGLU's product: out[r, i] = silu(gu[r, i]) * gu[r, n + i], silu(g) = g / (1 + exp(-g)); gu is
  * [rows, 2n] (gate then up, as the fused gate/up projection writes them), out [rows, n]. */
-void silu_mul_f32(const float *gu, float *out, int64_t rows, int64_t n, int64_t gu_stride, int64_t out_stride,
-                  int threads) {
-    (void)threads;
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * n >= PARALLEL_MIN)")
+void silu_mul_f32(const float *gu, float *out, int64_t rows, int64_t n, int64_t gu_stride, int64_t out_stride) {
     for (int64_t r = 0; r < rows; r++) {
         const float *g = gu + r * gu_stride, *u = g + n;
         float *o = out + r * out_stride;
@@ -216,9 +200,7 @@ void silu_mul_f32(const float *gu, float *out, int64_t rows, int64_t n, int64_t 
 }
 
 void silu_mul_bf16(const uint16_t *gu, uint16_t *out, int64_t rows, int64_t n, int64_t gu_stride,
-                   int64_t out_stride, int threads) {
-    (void)threads;
-    _Pragma("omp parallel for num_threads(threads) schedule(static) if (threads > 1 && rows * n >= PARALLEL_MIN)")
+                   int64_t out_stride) {
     for (int64_t r = 0; r < rows; r++) {
         const uint16_t *g = gu + r * gu_stride, *u = g + n;
         uint16_t *o = out + r * out_stride;

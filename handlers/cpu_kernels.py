@@ -31,7 +31,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -45,18 +44,14 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-# On x86-64, loops vectorized on whole 512-bit registers where the CPU has AVX-512 (GCC keeps to 256
-# bits on Intel's server CPUs by default): SiLU·up over a 1,300-token prefill 1.3 → 0.93 ms on the
-# AMX machine. Harmless without AVX-512; an x86 flag, so not given elsewhere.
-FLAGS = ("-O3", "-march=native", "-fPIC", "-fno-math-errno") + (
-    ("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
+FLAGS = ("-O3", "-march=native", "-fPIC", "-fno-math-errno")
 DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
-    "add_rms_norm": ([_P, _P, _P, _P, _I, _I, _I, _I, _I, _F, ctypes.c_int], ctypes.c_int),
+    "add_rms_norm": ([_P, _P, _P, _P, _I, _I, _I, _I, _I, _F], ctypes.c_int),
     "rope_store": ([_P, _I, _I, _I, _I, _I, _P, _P, _I, _I, _P, _I, _I, _P, _I, _I], None),
-    "silu_mul": ([_P, _P, _I, _I, _I, _I, ctypes.c_int], None),
+    "silu_mul": ([_P, _P, _I, _I, _I, _I], None),
     "decode_attention": ([_P, _I, _I, _I, _I, _I, _I, _P, _I, _I, _P, _I, _I, _I, _P, _I, _F, _P, _I, ctypes.c_int],
                          ctypes.c_int),
 }
@@ -198,11 +193,6 @@ class Kernels:
                 fn.argtypes, fn.restype = args, result
                 self.calls[name, suffix] = fn
 
-    def threads(self) -> int:
-        """The calling thread's torch thread count where the library runs on torch's OpenMP runtime
-        (the attention, and add + RMSNorm and SiLU·up on large calls, share their rows out on it)."""
-        return torch.get_num_threads() if self.openmp else 1
-
     @staticmethod
     def supports(tensors: Iterable[torch.Tensor]) -> bool:
         """The tensors a model's calls pass (its embedding, its norms' weights) fit: all on the CPU, in
@@ -229,7 +219,7 @@ class Kernels:
         _require(weight.shape == (n,) and (delta is None or delta.shape == x.shape))
         out = torch.empty((rows, n), dtype=x.dtype)
         if self.calls["add_rms_norm", suffix](x.data_ptr(), delta_ptr, weight.data_ptr(), out.data_ptr(), rows, n,
-                                               x.stride(0), delta_stride, n, eps, self.threads()):
+                                               x.stride(0), delta_stride, n, eps):
             raise MemoryError("add_rms_norm: out of memory")
         return out
 
@@ -256,8 +246,7 @@ class Kernels:
         n = width // 2
         _check(gate_up, gate_up, gate_up)
         out = torch.empty((rows, n), dtype=gate_up.dtype)
-        self.calls["silu_mul", DTYPES[gate_up.dtype]](gate_up.data_ptr(), out.data_ptr(), rows, n, gate_up.stride(0), n,
-                                                      self.threads())
+        self.calls["silu_mul", DTYPES[gate_up.dtype]](gate_up.data_ptr(), out.data_ptr(), rows, n, gate_up.stride(0), n)
         return out
 
     @staticmethod
@@ -283,7 +272,7 @@ class Kernels:
             q.data_ptr(), rows, heads, kv_heads, dim, q.stride(0), q.stride(1), keys.data_ptr(), keys.stride(0),
             keys.stride(1), values.data_ptr(), values.stride(0), values.stride(1), cols,
             None if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0), scale, out.data_ptr(),
-            out.stride(0), self.threads())
+            out.stride(0), torch.get_num_threads() if self.openmp else 1)
         if failed:
             raise MemoryError("decode_attention: out of memory") if failed == -1 else ValueError(
                 "decode_attention: shapes it cannot take")

